@@ -1,0 +1,1 @@
+"""Semantic response cache on Redis with numpy similarity."""

@@ -1,0 +1,142 @@
+"""All configuration in one place: ``SPENDSTREAM_*`` environment variables (README table).
+
+Connection strings default to the local stack's ports, and follow them: setting only
+``SPENDSTREAM_KAFKA_PORT`` moves both the broker and every client's bootstrap address.
+"""
+
+from __future__ import annotations
+
+import ssl
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+class Settings(BaseSettings):
+    """Every setting of spendstream; field ``foo_bar`` is env var ``SPENDSTREAM_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(env_prefix="SPENDSTREAM_", extra="ignore")
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = ""
+    """Comma-separated host:port list; empty means the local stack's broker."""
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_client_config: dict[str, str] = Field(default_factory=dict)
+    """Extra librdkafka properties (JSON object) passed through to confluent-kafka clients."""
+
+    topic_raw: str = "spendstream.events.raw"
+    topic_enriched: str = "spendstream.events.enriched"
+    topic_alerts: str = "spendstream.alerts"
+    topic_dlq: str = "spendstream.events.dlq"
+    raw_partitions: int = Field(12, ge=1)
+    enriched_partitions: int = Field(12, ge=1)
+    alerts_partitions: int = Field(3, ge=1)
+    dlq_partitions: int = Field(3, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # --- stores ------------------------------------------------------------------------------
+    postgres_dsn: str = ""
+    """asyncpg DSN; empty means the local stack's database."""
+    redis_url: str = ""
+    """Redis URL; empty means the local stack's Redis."""
+    prometheus_url: str = ""
+    metrics_port: int = Field(19464, ge=1, le=65535)
+    """First port of the worker metrics endpoints; worker N listens on metrics_port + N."""
+
+    # --- local stack (`spendstream stack`) ------------------------------------------------------
+    stack_dir: Path = Path(".stack")
+    """Data dirs, logs and the Kafka jar cache of the local stack (git-ignored)."""
+    kafka_port: int = Field(19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(19093, ge=1, le=65535)
+    kafka_heap: str = "1g"
+    postgres_port: int = Field(15432, ge=1, le=65535)
+    postgres_user: str = "spendstream"
+    postgres_password: SecretStr = SecretStr("spendstream")
+    postgres_db: str = "spendstream"
+    redis_port: int = Field(16380, ge=1, le=65535)
+    prometheus_port: int = Field(19090, ge=1, le=65535)
+    metrics_targets: int = Field(4, ge=1, le=64)
+    """How many worker metrics ports (from metrics_port) the local Prometheus scrapes."""
+    stack_timeout_s: float = Field(120.0, gt=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _derive_local_addresses(self) -> Self:
+        if not self.kafka_bootstrap_servers:
+            self.kafka_bootstrap_servers = f"127.0.0.1:{self.kafka_port}"
+        if not self.postgres_dsn:
+            pw = self.postgres_password.get_secret_value()
+            self.postgres_dsn = (
+                f"postgresql://{self.postgres_user}:{pw}@127.0.0.1:{self.postgres_port}"
+                f"/{self.postgres_db}"
+            )
+        if not self.redis_url:
+            self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        if not self.prometheus_url:
+            self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}"
+        self.stack_dir = self.stack_dir.expanduser().resolve()
+        return self
+
+    def librdkafka(self, **overrides: Any) -> dict[str, Any]:
+        """confluent-kafka client config: connection + security + passthrough + overrides."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol.lower(),
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            conf["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+        conf.update(self.kafka_client_config)
+        conf.update(overrides)
+        return conf
+
+    def aiokafka(self) -> dict[str, Any]:
+        """aiokafka (and so Faust) connection kwargs with the same security settings."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            kw["sasl_mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            kw["sasl_plain_username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            kw["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            ctx = ssl.create_default_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            )
+            if self.kafka_ssl_certfile:
+                ctx.load_cert_chain(
+                    str(self.kafka_ssl_certfile),
+                    str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                )
+            kw["ssl_context"] = ctx
+        return kw
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read from the environment once."""
+    return Settings()

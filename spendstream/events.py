@@ -1,0 +1,349 @@
+"""Event schema v1: the one contract every room of spendstream imports.
+
+One event type flows one way: a producer emits an :class:`LLMCallEvent` to the raw topic, the
+stream worker turns it into an :class:`EnrichedEvent` (final token counts and exact USD cost) on
+the enriched topic, and windows and sinks read that. Nothing re-parses these dicts by hand.
+
+Token fields follow the OpenTelemetry GenAI semantics: ``input_tokens`` *includes* cache-read and
+cache-creation tokens, ``output_tokens`` *includes* reasoning tokens. Counting cached tokens a
+second time on top of ``input_tokens`` is the most common cost bug in peer projects, so the
+validators reject usage where the parts exceed the whole.
+
+Wire format: UTF-8 JSON of ``model_dump(mode="json", exclude_none=True)``; decimals travel as
+strings so money stays exact. The Kafka key of a raw event is :meth:`LLMCallEvent.kafka_key`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION: Final = 1
+
+# --- documented limits (README "Event schema") ------------------------------------------------
+MAX_TOKENS: Final = 10_000_000
+"""Upper bound for any token count of one call; larger values are a producer bug, not usage."""
+MAX_TEXT_CHARS: Final = 262_144
+"""prompt_text / response_text limit (256 Ki characters): enough to estimate tokens of a
+~60k-token prompt while keeping one Kafka record well under the broker's 1 MiB default."""
+MAX_TAGS: Final = 16
+MAX_TAG_KEY_CHARS: Final = 64
+MAX_TAG_VALUE_CHARS: Final = 256
+MAX_LATENCY_MS: Final = 86_400_000.0
+MIN_TIMESTAMP: Final = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_TIMESTAMP: Final = datetime(2100, 1, 1, tzinfo=UTC)
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL)
+]
+"""A label-like name (service, model, team): bounded and printable, since it may become a
+Prometheus label value or a PostgreSQL key."""
+Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_NO_CONTROL)]
+Provider = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+LongText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
+Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,%d}$" % MAX_TAG_KEY_CHARS)
+
+
+class Operation(StrEnum):
+    """OTel ``gen_ai.operation.name`` values plus the ones our producers see."""
+
+    CHAT = "chat"
+    TEXT_COMPLETION = "text_completion"
+    GENERATE_CONTENT = "generate_content"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+    IMAGE_GENERATION = "image_generation"
+    AUDIO = "audio"
+    RERANK = "rerank"
+    OTHER = "other"
+
+
+class Status(StrEnum):
+    """Outcome of the call; bounded so it can be a metric label."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+    CANCELLED = "cancelled"
+
+
+class CacheKind(StrEnum):
+    """Which tier of spendstream's response cache answered (no provider call was made)."""
+
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Usage(_Strict):
+    """Token usage as the provider reported it, normalised to OTel GenAI semantics.
+
+    Every field is optional: a missing count is estimated by the stream worker (and flagged),
+    never assumed to be zero.
+    """
+
+    input_tokens: TokenCount | None = None
+    """All input tokens, *including* cache reads and cache writes."""
+    output_tokens: TokenCount | None = None
+    """All output tokens, *including* reasoning tokens."""
+    cache_read_tokens: TokenCount | None = None
+    cache_creation_tokens: TokenCount | None = None
+    reasoning_tokens: TokenCount | None = None
+
+    @model_validator(mode="after")
+    def _parts_within_whole(self) -> Self:
+        cached = (self.cache_read_tokens or 0) + (self.cache_creation_tokens or 0)
+        if self.input_tokens is not None and cached > self.input_tokens:
+            raise ValueError(
+                f"cache_read_tokens + cache_creation_tokens ({cached}) exceed input_tokens "
+                f"({self.input_tokens}); input_tokens must include cached tokens (OTel semantics)"
+            )
+        if (
+            self.output_tokens is not None
+            and self.reasoning_tokens is not None
+            and self.reasoning_tokens > self.output_tokens
+        ):
+            raise ValueError(
+                f"reasoning_tokens ({self.reasoning_tokens}) exceed output_tokens "
+                f"({self.output_tokens}); output_tokens must include reasoning tokens"
+            )
+        return self
+
+
+class LLMCallEvent(_Strict):
+    """One LLM API call, as emitted by a service. ``event_id`` is the idempotency key."""
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    timestamp: AwareDatetime
+    """Event time: when the call started, timezone-aware; normalised to UTC."""
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    service: Name
+    endpoint: Endpoint
+    provider: Provider
+    request_model: Name
+    response_model: Name | None = None
+    operation: Operation = Operation.CHAT
+
+    team: Name | None = None
+    """Team or tenant the spend is attributed to."""
+    user_id: ShortText | None = None
+    """End user; never a metric label, only stored per call."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    prompt_version: Name | None = None
+
+    usage: Usage = Field(default_factory=Usage)
+    prompt_text: LongText | None = None
+    """Only for token estimation when usage is missing; not stored unless configured."""
+    response_text: LongText | None = None
+
+    latency_ms: Annotated[float, Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)] | None = None
+    ttft_ms: Annotated[float, Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)] | None = None
+    status: Status = Status.OK
+    error_type: Name | None = None
+
+    cache_hit: bool = False
+    cache_kind: CacheKind | None = None
+
+    requested_model: Name | None = None
+    """The model the caller asked for before the router chose ``request_model``."""
+    routing_reason: ShortText | None = None
+
+    feedback: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
+    """User feedback in [-1, 1] (thumbs down .. up)."""
+    groundedness: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc_in_range(cls, v: datetime) -> datetime:
+        v = v.astimezone(UTC)
+        if not MIN_TIMESTAMP <= v < MAX_TIMESTAMP:
+            raise ValueError(f"timestamp {v.isoformat()} is outside 2000-01-01..2100-01-01")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _bounded_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags, got {len(v)}")
+        for key, value in v.items():
+            if not _TAG_KEY.match(key):
+                raise ValueError(
+                    f"tag key {key[:80]!r} must match [A-Za-z0-9_.:/-]{{1,{MAX_TAG_KEY_CHARS}}}"
+                )
+            if len(value) > MAX_TAG_VALUE_CHARS:
+                raise ValueError(f"tag {key!r} value longer than {MAX_TAG_VALUE_CHARS} characters")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.cache_hit != (self.cache_kind is not None):
+            raise ValueError("cache_kind must be set exactly when cache_hit is true")
+        if self.status is Status.OK and self.error_type is not None:
+            raise ValueError("error_type is set but status is 'ok'")
+        return self
+
+    def kafka_key(self) -> bytes:
+        """``service/endpoint``: one endpoint's calls share a partition and keep their order.
+
+        The endpoint is the scope users attribute spend to and where a model switch shows up,
+        so its windows and model-mix baseline live in one worker without a repartition; the
+        wider scopes (team, model, global) are re-keyed by the stream worker.
+        """
+        return f"{self.service}/{self.endpoint}".encode()
+
+    def to_json(self) -> bytes:
+        """Wire bytes (UTF-8 JSON, ``None`` fields omitted)."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> LLMCallEvent:
+        """Parse wire bytes; raises :class:`pydantic.ValidationError` naming the bad field."""
+        return cls.model_validate_json(data)
+
+
+class TokenCounts(_Strict):
+    """Final token counts used for pricing; every field is known (OTel semantics as in Usage)."""
+
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cache_read_tokens: TokenCount = 0
+    cache_creation_tokens: TokenCount = 0
+    reasoning_tokens: TokenCount = 0
+    estimated: bool = False
+    """True when any count came from a tokenizer or heuristic instead of the provider."""
+
+    @model_validator(mode="after")
+    def _parts_within_whole(self) -> Self:
+        Usage.model_validate(self.model_dump(exclude={"estimated"}))
+        return self
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return self.input_tokens - self.cache_read_tokens - self.cache_creation_tokens
+
+    @property
+    def non_reasoning_output_tokens(self) -> int:
+        return self.output_tokens - self.reasoning_tokens
+
+
+class Cost(_Strict):
+    """Exact USD cost, split into disjoint parts that sum to ``total``.
+
+    ``input`` prices uncached input tokens only; ``cache_read`` and ``cache_write`` the cached
+    ones; ``output`` non-reasoning output tokens; ``reasoning`` the reasoning tokens.
+    """
+
+    input: Money
+    cache_read: Money = Decimal(0)
+    cache_write: Money = Decimal(0)
+    output: Money
+    reasoning: Money = Decimal(0)
+    total: Money
+    currency: Literal["USD"] = "USD"
+    price_source: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    """Where the price came from: ``genai-prices`` or ``override:<file>``."""
+    price_version: ShortText | None = None
+    """Snapshot/version of the price data, so a cost can be re-derived later."""
+
+    @model_validator(mode="after")
+    def _total_is_sum(self) -> Self:
+        parts = self.input + self.cache_read + self.cache_write + self.output + self.reasoning
+        if parts != self.total:
+            raise ValueError(f"total {self.total} != sum of parts {parts}")
+        return self
+
+    @property
+    def total_micro_usd(self) -> int:
+        """Total in integer micro-dollars, rounded half-even: the unit windows and sinks add."""
+        return int((self.total * 1_000_000).quantize(Decimal(1), rounding="ROUND_HALF_EVEN"))
+
+
+class EnrichedEvent(_Strict):
+    """A validated call with final token counts and its cost, or an explicit unknown price."""
+
+    event: LLMCallEvent
+    tokens: TokenCounts
+    cost: Cost | None = None
+    price_unknown: bool = False
+    """True when no price exists for the model: the cost is unknown, never a silent $0."""
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    @model_validator(mode="after")
+    def _cost_or_unknown(self) -> Self:
+        if self.price_unknown == (self.cost is not None):
+            raise ValueError("exactly one of cost and price_unknown=true must be given")
+        return self
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> EnrichedEvent:
+        return cls.model_validate_json(data)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line per problem, ``field.path: message``; the text a DLQ record carries."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<event>"
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def example_event(**overrides: Any) -> LLMCallEvent:
+    """A complete, valid event (the README's wire example); handy in tests and docs."""
+    base: dict[str, Any] = {
+        "event_id": "5b6f0b8e-3c0a-4a53-9d4e-0f1f9a4c2e11",
+        "timestamp": "2026-11-28T14:03:07.250Z",
+        "service": "support-bot",
+        "endpoint": "/v1/answer",
+        "provider": "openai",
+        "request_model": "gpt-4o-mini",
+        "response_model": "gpt-4o-mini-2024-07-18",
+        "operation": "chat",
+        "team": "customer-success",
+        "user_id": "u-1842",
+        "tags": {"region": "eu-west-1"},
+        "prompt_version": "answer-v7",
+        "usage": {
+            "input_tokens": 1200,
+            "output_tokens": 350,
+            "cache_read_tokens": 1024,
+            "cache_creation_tokens": 0,
+            "reasoning_tokens": 0,
+        },
+        "latency_ms": 842.5,
+        "ttft_ms": 210.0,
+        "status": "ok",
+        "cache_hit": False,
+        "requested_model": "gpt-4o",
+        "routing_reason": "complexity<0.31: cheap model",
+    }
+    base.update(overrides)
+    return LLMCallEvent.model_validate(base)

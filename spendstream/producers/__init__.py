@@ -1,0 +1,1 @@
+"""Producer SDK: one event per LLM call, published to Kafka without blocking the host."""

@@ -1,0 +1,1 @@
+"""Model-cascading router: cheap model for easy queries, escalate for hard ones."""

@@ -1,0 +1,1 @@
+"""Sinks: Prometheus metrics, PostgreSQL per-call log and rollups, alert delivery."""

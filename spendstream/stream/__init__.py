@@ -1,0 +1,1 @@
+"""Stream workers (Faust): validate, enrich with tokens and cost, window spend, detect spikes."""

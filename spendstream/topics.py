@@ -1,0 +1,104 @@
+"""The Kafka topics of the pipeline, declared once; `stack up` and workers create them from here.
+
+Creating is idempotent: an existing topic with fewer partitions than declared is grown (never
+shrunk), and one with more is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic: name, partition count and the topic configs the pipeline relies on."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+    purpose: str = ""
+
+
+def declared_topics(s: Settings) -> list[TopicSpec]:
+    """Raw events, enriched events, alerts and dead letters, sized from settings."""
+    rf = s.topic_replication_factor
+    min_isr = str(min(2, rf))
+    return [
+        TopicSpec(
+            s.topic_raw,
+            s.raw_partitions,
+            rf,
+            {"retention.ms": str(7 * DAY_MS), "min.insync.replicas": min_isr},
+            "LLMCallEvent records from producers, keyed by service/endpoint",
+        ),
+        TopicSpec(
+            s.topic_enriched,
+            s.enriched_partitions,
+            rf,
+            {"retention.ms": str(7 * DAY_MS), "min.insync.replicas": min_isr},
+            "EnrichedEvent records (tokens + exact cost) from stream workers",
+        ),
+        TopicSpec(
+            s.topic_alerts,
+            s.alerts_partitions,
+            rf,
+            {"retention.ms": str(30 * DAY_MS), "min.insync.replicas": min_isr},
+            "spend alerts (firing / resolved)",
+        ),
+        TopicSpec(
+            s.topic_dlq,
+            s.dlq_partitions,
+            rf,
+            {"retention.ms": str(30 * DAY_MS), "min.insync.replicas": min_isr},
+            "records that failed validation: original bytes + reason + source offset",
+        ),
+    ]
+
+
+def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> None:
+    """Create missing topics and grow under-partitioned ones; raise on any other error."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+    specs = declared_topics(s) if specs is None else specs
+    admin = AdminClient(s.librdkafka())
+    new = [
+        NewTopic(t.name, num_partitions=t.partitions, replication_factor=t.replication_factor,
+                 config=t.config)
+        for t in specs
+    ]
+    for name, fut in admin.create_topics(new, request_timeout=timeout).items():
+        try:
+            fut.result(timeout)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            err: Any = exc.args[0]
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    meta = admin.list_topics(timeout=timeout)
+    grow = [
+        NewPartitions(t.name, t.partitions)
+        for t in specs
+        if t.name in meta.topics and len(meta.topics[t.name].partitions) < t.partitions
+    ]
+    if grow:
+        for name, fut in admin.create_partitions(grow, request_timeout=timeout).items():
+            fut.result(timeout)
+            log.info("grew topic %s", name)
+
+
+def topic_partitions(s: Settings, timeout: float = 10.0) -> dict[str, int]:
+    """Partition count of every topic the broker has (internal ones excluded)."""
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient(s.librdkafka()).list_topics(timeout=timeout)
+    return {n: len(t.partitions) for n, t in meta.topics.items() if not n.startswith("__")}
