@@ -30,8 +30,11 @@ def sample_events(n: int, run_id: str, seed: int = 0) -> list[LLMCallEvent]:
     """``n`` varied, valid events tagged with ``run_id`` (deterministic for a seed)."""
     rng = random.Random(seed)
     start = datetime.now(UTC).replace(microsecond=0)
-    services = {"support-bot": ["/v1/answer", "/v1/summarize"], "search": ["/query"],
-                "billing-assistant": ["/explain-invoice"]}
+    services = {
+        "support-bot": ["/v1/answer", "/v1/summarize"],
+        "search": ["/query"],
+        "billing-assistant": ["/explain-invoice"],
+    }
     models = [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku")]
     events = []
     for i in range(n):
@@ -39,16 +42,23 @@ def sample_events(n: int, run_id: str, seed: int = 0) -> list[LLMCallEvent]:
         provider, model = rng.choice(models)
         inp = rng.randint(50, 8000)
         cached = rng.choice([0, 0, inp // 2])
-        events.append(LLMCallEvent(
-            event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
-            timestamp=start + timedelta(milliseconds=37 * i),
-            service=service, endpoint=rng.choice(services[service]), provider=provider,
-            request_model=model, team=rng.choice(["search", "support", "finance"]),
-            user_id=f"u-{rng.randint(1, 500)}", tags={"run": run_id},
-            usage=Usage(input_tokens=inp, output_tokens=rng.randint(1, 1500),
-                        cache_read_tokens=cached),
-            latency_ms=round(rng.uniform(80, 4000), 1),
-        ))
+        events.append(
+            LLMCallEvent(
+                event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+                timestamp=start + timedelta(milliseconds=37 * i),
+                service=service,
+                endpoint=rng.choice(services[service]),
+                provider=provider,
+                request_model=model,
+                team=rng.choice(["search", "support", "finance"]),
+                user_id=f"u-{rng.randint(1, 500)}",
+                tags={"run": run_id},
+                usage=Usage(
+                    input_tokens=inp, output_tokens=rng.randint(1, 1500), cache_read_tokens=cached
+                ),
+                latency_ms=round(rng.uniform(80, 4000), 1),
+            )
+        )
     return events
 
 
@@ -60,8 +70,16 @@ def round_trip(s: Settings, n: int = 1000, timeout: float = 30.0) -> RoundTrip:
     events = sample_events(n, run_id)
     t0 = time.monotonic()
     start_offsets = end_offsets(s, s.topic_raw)
-    producer = Producer(s.librdkafka(**{"enable.idempotence": True, "acks": "all",
-                                        "compression.type": "zstd", "linger.ms": 5}))
+    producer = Producer(
+        s.librdkafka(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": "zstd",
+                "linger.ms": 5,
+            }
+        )
+    )
     for ev in events:
         producer.produce(s.topic_raw, key=ev.kafka_key(), value=ev.to_json())
         producer.poll(0)
@@ -77,7 +95,9 @@ def end_offsets(s: Settings, topic: str, timeout: float = 10.0) -> dict[int, int
     """High watermark of every partition of ``topic``: where records produced next will land."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(s.librdkafka(**{"group.id": "spendstream-offsets", "enable.auto.commit": False}))
+    consumer = Consumer(
+        s.librdkafka(**{"group.id": "spendstream-offsets", "enable.auto.commit": False})
+    )
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
@@ -91,7 +111,7 @@ def end_offsets(s: Settings, topic: str, timeout: float = 10.0) -> dict[int, int
 
 
 async def _consume_run(
-    s: Settings, start: dict[int, int], run_id: str, n: int, timeout: float
+    s: Settings, start: dict[int, int], run_id: str, n: int, deadline_s: float
 ) -> list[LLMCallEvent]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -103,7 +123,7 @@ async def _consume_run(
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, start[tp.partition])
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + deadline_s
         while len(out) < n and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
@@ -125,11 +145,17 @@ def run_demo(s: Settings, n: int = 1000) -> int:
     for st in stack.up(s):
         print(f"  {st.name:<11} {st.state:<8} 127.0.0.1:{st.port}", flush=True)
     print(f"stack ready in {time.monotonic() - t0:.1f}s", flush=True)
-    print(f"producing {n} call events to '{s.topic_raw}' (confluent-kafka) and reading them "
-          "back (aiokafka) ...", flush=True)
+    print(
+        f"producing {n} call events to '{s.topic_raw}' (confluent-kafka) and reading them "
+        "back (aiokafka) ...",
+        flush=True,
+    )
     rt = round_trip(s, n)
     ok = rt.consumed == rt.produced and rt.mismatched == 0
-    print(f"  produced {rt.produced}, consumed {rt.consumed}, mismatched {rt.mismatched} "
-          f"in {rt.seconds:.2f}s -> {'OK' if ok else 'FAILED'}", flush=True)
+    print(
+        f"  produced {rt.produced}, consumed {rt.consumed}, mismatched {rt.mismatched} "
+        f"in {rt.seconds:.2f}s -> {'OK' if ok else 'FAILED'}",
+        flush=True,
+    )
     print("next: `spendstream stack status`, `spendstream stack down`", flush=True)
     return 0 if ok else 1

@@ -49,19 +49,19 @@ MIN_TIMESTAMP: Final = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP: Final = datetime(2100, 1, 1, tzinfo=UTC)
 
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
-Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL)
-]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL)]
 """A label-like name (service, model, team): bounded and printable, since it may become a
 Prometheus label value or a PostgreSQL key."""
 Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_NO_CONTROL)]
-Provider = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+Provider = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 LongText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
 Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
-_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,%d}$" % MAX_TAG_KEY_CHARS)
+_TAG_KEY = re.compile(rf"^[A-Za-z0-9_.:/-]{{1,{MAX_TAG_KEY_CHARS}}}$")
 
 
 class Operation(StrEnum):

@@ -72,8 +72,12 @@ def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None, timeout: fl
     specs = declared_topics(s) if specs is None else specs
     admin = AdminClient(s.librdkafka())
     new = [
-        NewTopic(t.name, num_partitions=t.partitions, replication_factor=t.replication_factor,
-                 config=t.config)
+        NewTopic(
+            t.name,
+            num_partitions=t.partitions,
+            replication_factor=t.replication_factor,
+            config=t.config,
+        )
         for t in specs
     ]
     for name, fut in admin.create_topics(new, request_timeout=timeout).items():

@@ -76,14 +76,17 @@ def up(settings: Settings, names: Iterable[str] | None = None) -> list[ServiceSt
 
         def check(svc: Service = svc) -> bool:
             if svc.proc.exited_early():
-                raise StackError(f"{svc.name} exited during start-up; log {svc.proc.logfile}:\n"
-                                 f"{svc.proc.tail()}")
+                raise StackError(
+                    f"{svc.name} exited during start-up; log {svc.proc.logfile}:\n{svc.proc.tail()}"
+                )
             return _ready(svc)
 
         try:
             wait_until(check, settings.stack_timeout_s, f"{svc.name} to be ready", interval=0.25)
         except StackError as exc:
-            raise StackError(f"{exc}\nlast log lines of {svc.proc.logfile}:\n{svc.proc.tail()}") from None
+            raise StackError(
+                f"{exc}\nlast log lines of {svc.proc.logfile}:\n{svc.proc.tail()}"
+            ) from None
         svc.after_ready()
         if svc in started:
             log.info("%s ready in %.1fs", svc.name, time.monotonic() - t0)

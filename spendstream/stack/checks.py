@@ -36,8 +36,11 @@ def kafka_round_trip(s: Settings, timeout: float = 10.0) -> bool:
     producer.flush(timeout)
     if not delivered:
         return False
-    consumer = Consumer(s.librdkafka(**{"group.id": f"spendstream-health-{uuid.uuid4().hex}",
-                                        "enable.auto.commit": False}))
+    consumer = Consumer(
+        s.librdkafka(
+            **{"group.id": f"spendstream-health-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        )
+    )
     try:
         consumer.assign([TopicPartition(HEALTH_TOPIC, 0, delivered[0])])
         deadline = time.monotonic() + timeout
@@ -72,7 +75,9 @@ def postgres_ensure_database(s: Settings) -> None:
     async def ensure() -> None:
         conn = await asyncpg.connect(s.postgres_dsn, database="postgres", timeout=5)
         try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", s.postgres_db):
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", s.postgres_db
+            ):
                 await conn.execute(f'CREATE DATABASE "{s.postgres_db}"')
         finally:
             await conn.close()

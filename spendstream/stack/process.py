@@ -6,6 +6,7 @@ forked, and `stack down` leaves no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -67,9 +68,7 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
-) -> None:
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     """Poll ``check`` until it is true or ``timeout`` seconds pass (then raise)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -80,7 +79,9 @@ def wait_until(
         except Exception as exc:
             last = exc
         time.sleep(interval)
-    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else ""))
+    raise StackError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last}" if last else "")
+    )
 
 
 @dataclass
@@ -138,18 +139,14 @@ class ManagedProcess:
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return False
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _group_alive(pid):
             time.sleep(0.1)
         if _group_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             while _group_alive(pid):
                 time.sleep(0.05)
         self.pidfile.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ what "ready" means for it: a produce/consume round trip for Kafka, ``SELECT 1`` 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import pwd
@@ -38,7 +39,9 @@ def infra_file(*parts: str) -> Path:
 def render(template: Path, dest: Path, **values: object) -> Path:
     """Fill ``${name}`` placeholders of an infra template and write it to ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(Template(template.read_text()).substitute({k: str(v) for k, v in values.items()}))
+    dest.write_text(
+        Template(template.read_text()).substitute({k: str(v) for k, v in values.items()})
+    )
     return dest
 
 
@@ -63,7 +66,7 @@ class Service(ABC):
         for p in self.prerequisites:
             p.check()
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook
         """Create data dirs and config files (idempotent); may download once."""
 
     @abstractmethod
@@ -74,7 +77,7 @@ class Service(ABC):
     def ready(self) -> bool:
         """One real round trip against the server."""
 
-    def after_ready(self) -> None:
+    def after_ready(self) -> None:  # noqa: B027 - optional hook
         """Provisioning once the server answers (topics, database)."""
 
     def running_pid(self) -> int | None:
@@ -99,7 +102,9 @@ class Kafka(Service):
 
     @property
     def version(self) -> str:
-        m = re.search(r"<kafka.version>([^<]+)</kafka.version>", infra_file("kafka", "pom.xml").read_text())
+        m = re.search(
+            r"<kafka.version>([^<]+)</kafka.version>", infra_file("kafka", "pom.xml").read_text()
+        )
         if m is None:
             raise StackError("infra/kafka/pom.xml has no <kafka.version>")
         return m.group(1)
@@ -115,12 +120,20 @@ class Kafka(Service):
         tmp = self.libs.with_name(self.libs.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         cmd = [
-            "mvn", "-q", "-B", "-f", str(infra_file("kafka", "pom.xml")),
-            "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(infra_file("kafka", "pom.xml")),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
         ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise StackError(f"maven could not fetch the Kafka jars:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+            raise StackError(
+                f"maven could not fetch the Kafka jars:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
+            )
         (tmp / ".complete").write_text(self.version)
         shutil.rmtree(self.libs, ignore_errors=True)
         tmp.rename(self.libs)
@@ -128,31 +141,53 @@ class Kafka(Service):
 
     def _java(self, *args: str) -> list[str]:
         return [
-            "java", f"-Xmx{self.s.kafka_heap}", f"-Xms{self.s.kafka_heap}",
-            "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java",
+            f"-Xmx{self.s.kafka_heap}",
+            f"-Xms{self.s.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
-            "-cp", f"{self.libs}/*", *args,
+            "-cp",
+            f"{self.libs}/*",
+            *args,
         ]
 
     def prepare(self) -> None:
         self.fetch_jars()
         data = self.dir / "data"
-        render(infra_file("kafka", "server.properties"), self.dir / "server.properties",
-               port=self.s.kafka_port, controller_port=self.s.kafka_controller_port, data_dir=data)
-        render(infra_file("kafka", "log4j2.properties"), self.dir / "log4j2.properties",
-               log_file=self.dir / "server.log")
+        render(
+            infra_file("kafka", "server.properties"),
+            self.dir / "server.properties",
+            port=self.s.kafka_port,
+            controller_port=self.s.kafka_controller_port,
+            data_dir=data,
+        )
+        render(
+            infra_file("kafka", "log4j2.properties"),
+            self.dir / "log4j2.properties",
+            log_file=self.dir / "server.log",
+        )
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             res = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                           "-c", str(self.dir / "server.properties")),
-                capture_output=True, text=True,
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self.dir / "server.properties"),
+                ),
+                capture_output=True,
+                text=True,
             )
             if res.returncode != 0:
                 raise StackError(f"kafka storage format failed:\n{res.stdout}{res.stderr}")
 
     def launch(self) -> None:
-        self.proc.start(self._java("kafka.Kafka", str(self.dir / "server.properties")), cwd=self.dir)
+        self.proc.start(
+            self._java("kafka.Kafka", str(self.dir / "server.properties")), cwd=self.dir
+        )
 
     def ready(self) -> bool:
         from .checks import kafka_round_trip
@@ -176,10 +211,14 @@ class Postgres(Service):
 
     @staticmethod
     def bindir() -> Path:
-        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                          key=lambda p: int(p.parent.parent.name))
+        versions = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+            key=lambda p: int(p.parent.parent.name),
+        )
         if not versions:
-            raise StackError("PostgreSQL server not found; install it with: apt-get install -y postgresql")
+            raise StackError(
+                "PostgreSQL server not found; install it with: apt-get install -y postgresql"
+            )
         return versions[-1].parent
 
     def check_prerequisites(self) -> None:
@@ -196,49 +235,87 @@ class Postgres(Service):
                 return name
             except KeyError:
                 continue
-        raise StackError("running as root but no 'postgres' user exists; apt-get install -y postgresql")
+        raise StackError(
+            "running as root but no 'postgres' user exists; apt-get install -y postgresql"
+        )
+
+    @property
+    def root(self) -> Path:
+        """Where the data dir and socket live: the stack dir, or a private dir under /var/tmp
+        when the unprivileged user cannot reach the stack dir (e.g. a checkout under /root)."""
+        return self._fallback if self._fallback.exists() else self.dir
+
+    @property
+    def _fallback(self) -> Path:
+        return Path("/var/tmp") / f"spendstream-pg-{hashlib.sha1(bytes(self.dir)).hexdigest()[:12]}"
 
     @property
     def data(self) -> Path:
-        return self.dir / "data"
+        return self.root / "data"
+
+    def _sync_marker(self) -> ManagedProcess:
+        """The postmaster's command line names its data dir, which may have moved to /var/tmp."""
+        self.proc.marker = str(self.data)
+        return self.proc
+
+    def running_pid(self) -> int | None:
+        return self._sync_marker().pid()
 
     def _as_user(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, capture_output=True, text=True, user=self.user, cwd="/")
 
+    def _own(self, path: Path) -> None:
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        user = self.user
-        if user is not None:
-            entry = pwd.getpwnam(user)
-            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
-            if self._as_user(["test", "-w", str(self.dir)]).returncode != 0:
-                raise StackError(
-                    f"user '{user}' cannot write {self.dir} (a parent folder is not traversable); "
-                    "set SPENDSTREAM_STACK_DIR to a folder under /tmp or /var/tmp"
-                )
+        self._own(self.dir)
+        if self.user is not None and self._as_user(["test", "-w", str(self.root)]).returncode != 0:
+            self._fallback.mkdir(mode=0o700, exist_ok=True)
+            self._own(self._fallback)
         if (self.data / "PG_VERSION").exists():
             return
-        pwfile = self.dir / "pwfile"
+        pwfile = self.root / "pwfile"
         pwfile.write_text(self.s.postgres_password.get_secret_value() + "\n")
-        if user is not None:
-            entry = pwd.getpwnam(user)
-            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        self._own(pwfile)
         pwfile.chmod(0o600)
-        res = self._as_user([
-            str(self.bindir() / "initdb"), "-D", str(self.data), "-U", self.s.postgres_user,
-            f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-            "-E", "UTF8", "--locale=C",
-        ])
+        res = self._as_user(
+            [
+                str(self.bindir() / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                self.s.postgres_user,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]
+        )
         pwfile.unlink()
         if res.returncode != 0:
             raise StackError(f"initdb failed:\n{res.stdout}{res.stderr}")
 
     def launch(self) -> None:
-        self.proc.start(
+        self._sync_marker().start(
             [
-                str(self.bindir() / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
-                "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+                str(self.bindir() / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.root}",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=256MB",
             ],
             user=self.user,
             cwd=Path("/"),
@@ -247,7 +324,9 @@ class Postgres(Service):
     def stop(self) -> bool:
         import signal
 
-        return self.proc.stop(signal.SIGINT)  # "fast" shutdown: abort sessions, checkpoint
+        return self._sync_marker().stop(
+            signal.SIGINT
+        )  # "fast" shutdown: abort sessions, checkpoint
 
     def ready(self) -> bool:
         from .checks import postgres_select_one
@@ -275,7 +354,7 @@ class Redis(Service):
         # Redis rewrites its process title; keeping the config path in it lets the pid check
         # tell our server from any other redis-server.
         (self.dir / "redis.conf").write_text(
-            f"port {self.port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\n"
+            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\n'
             f"dir {self.dir}\nmaxmemory-policy noeviction\n"
             'proc-title-template "{title} {listen-addr} {config-file}"\n'
         )
@@ -302,20 +381,29 @@ class Prometheus(Service):
     def prepare(self) -> None:
         targets = self.dir / "targets"
         targets.mkdir(parents=True, exist_ok=True)
-        render(infra_file("prometheus", "prometheus.yml"), self.dir / "prometheus.yml",
-               rules_dir=infra_file("prometheus", "rules"), prometheus_port=self.port,
-               targets_dir=targets)
+        render(
+            infra_file("prometheus", "prometheus.yml"),
+            self.dir / "prometheus.yml",
+            rules_dir=infra_file("prometheus", "rules"),
+            prometheus_port=self.port,
+            targets_dir=targets,
+        )
         ports = range(self.s.metrics_port, self.s.metrics_port + self.s.metrics_targets)
-        (targets / "workers.json").write_text(json.dumps(
-            [{"targets": [f"127.0.0.1:{p}" for p in ports], "labels": {"stack": "local"}}], indent=2
-        ))
+        (targets / "workers.json").write_text(
+            json.dumps(
+                [{"targets": [f"127.0.0.1:{p}" for p in ports], "labels": {"stack": "local"}}],
+                indent=2,
+            )
+        )
 
     def launch(self) -> None:
         self.proc.start(
             [
-                "prometheus", f"--config.file={self.dir / 'prometheus.yml'}",
+                "prometheus",
+                f"--config.file={self.dir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=15d",
             ],
             cwd=self.dir,

@@ -1,0 +1,44 @@
+# spendstream — `make demo` runs the main job, `make test` the tests; both set up what is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-deps demo test lint pytest stack-up stack-down stack-status clean-stack
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@bash infra/setup-system.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(BIN)/spendstream demo
+
+test: setup lint pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check spendstream tests
+	$(BIN)/ruff format --check spendstream tests
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+stack-up: setup
+	$(BIN)/spendstream stack up
+
+stack-down: $(STAMP)
+	$(BIN)/spendstream stack down
+
+stack-status: $(STAMP)
+	$(BIN)/spendstream stack status
+
+# Stops the stack and deletes its data dirs (keeps the Kafka jar cache).
+clean-stack: stack-down
+	rm -rf .stack/kafka .stack/postgres .stack/redis .stack/prometheus
