@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from . import __version__
 from .config import Settings
@@ -55,6 +56,94 @@ def _demo(args: argparse.Namespace, s: Settings) -> int:
     return run_demo(s, n=args.count)
 
 
+def _start_time(text: str) -> datetime:
+    from .producers.synthetic import DEFAULT_START
+
+    if text == "now":
+        return datetime.now(UTC).replace(microsecond=0)
+    if text == "default":
+        return DEFAULT_START
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _produce(args: argparse.Namespace, s: Settings) -> int:
+    from .producers.emitter import Emitter
+    from .producers.replay import Progress, publish
+    from .producers.synthetic import SyntheticTraffic, TrafficConfig, with_incidents
+
+    if not args.synthetic:
+        print("spendstream produce: only --synthetic is supported", file=sys.stderr)
+        return 2
+    if (args.count is None) == (args.duration is None):
+        print("spendstream produce: give exactly one of --count and --duration", file=sys.stderr)
+        return 2
+    try:
+        cfg = with_incidents(
+            TrafficConfig(
+                seed=args.seed,
+                rate=args.rate,
+                time_scale=args.time_scale,
+                start=_start_time(args.start),
+            ),
+            args.incident,
+        )
+    except ValueError as exc:
+        print(f"spendstream produce: {exc}", file=sys.stderr)
+        return 2
+    until = None
+    if args.duration is not None:
+        until = cfg.start + timedelta(seconds=args.duration * cfg.time_scale)
+    events = SyntheticTraffic(cfg).events(count=args.count, until=until)
+    if args.out:
+        n = 0
+        with open(args.out, "wb") as f:
+            for ev in events:
+                f.write(ev.to_json() + b"\n")
+                n += 1
+        print(f"wrote {n} events to {args.out}")
+        return 0
+    with Emitter(s, register_atexit=False) as emitter:
+        res = publish(
+            events,
+            emitter,
+            speed=None if args.max_speed else cfg.time_scale,
+            progress=Progress(args.count, enabled=not args.no_progress),
+        )
+    print(
+        f"published {res.published} events to {emitter.topic} in {res.seconds:.1f}s "
+        f"({res.dropped} dropped)"
+    )
+    return 0 if res.dropped == 0 else 1
+
+
+def _replay(args: argparse.Namespace, s: Settings) -> int:
+    from pathlib import Path
+
+    from .producers.emitter import Emitter
+    from .producers.replay import Progress, count_lines, publish, read_jsonl
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"spendstream replay: no such file {path}", file=sys.stderr)
+        return 2
+    bad: list[tuple[int, str]] = []
+    with Emitter(s, register_atexit=False) as emitter:
+        res = publish(
+            read_jsonl(path, bad),
+            emitter,
+            speed=None if args.max_speed else args.speed,
+            progress=Progress(count_lines(path), enabled=not args.no_progress),
+        )
+    for no, reason in bad:
+        print(f"{path}:{no}: skipped: {reason}", file=sys.stderr)
+    print(
+        f"published {res.published} events to {emitter.topic} in {res.seconds:.1f}s; "
+        f"{len(bad)} malformed lines skipped; {res.dropped} dropped"
+    )
+    return 0 if res.dropped == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spendstream", description=__doc__)
     p.add_argument("--version", action="version", version=f"spendstream {__version__}")
@@ -68,6 +157,49 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="create or list the pipeline's Kafka topics")
     tp.add_argument("action", choices=["create", "list"])
     tp.set_defaults(func=_topics)
+
+    pr = sub.add_parser("produce", help="publish synthetic traffic (or write it to a file)")
+    pr.add_argument("--synthetic", action="store_true", help="generate realistic synthetic calls")
+    pr.add_argument("--rate", type=float, default=200.0, help="mean events per wall second")
+    pr.add_argument("--count", type=int, help="stop after this many events")
+    pr.add_argument("--duration", type=float, help="stop after this many wall seconds")
+    pr.add_argument("--seed", type=int, default=7)
+    pr.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="simulated seconds per wall second (3600: an hour per second)",
+    )
+    pr.add_argument(
+        "--start",
+        default="default",
+        help="simulated start: ISO time, 'now', or 'default' (2026-01-05T00:00Z)",
+    )
+    pr.add_argument(
+        "--incident",
+        action="append",
+        default=[],
+        metavar="NAME@START[+DURATION][:SERVICE/ENDPOINT]",
+        help="model-switch, retry-storm, prompt-bloat or slow-ramp, e.g. "
+        "model-switch@2h+1h (offsets in simulated time)",
+    )
+    pr.add_argument("--out", help="write JSONL here instead of producing to Kafka")
+    pr.add_argument("--max-speed", action="store_true", help="do not pace by time")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=_produce)
+
+    rp = sub.add_parser("replay", help="publish a recorded JSONL file, keeping event timestamps")
+    rp.add_argument("file")
+    speed = rp.add_mutually_exclusive_group()
+    speed.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="X times faster than the recorded event time (default 1)",
+    )
+    speed.add_argument("--max-speed", action="store_true", help="as fast as possible")
+    rp.add_argument("--no-progress", action="store_true")
+    rp.set_defaults(func=_replay)
 
     dm = sub.add_parser("demo", help="the main job: stack up and events through the pipeline")
     dm.add_argument("--count", type=int, default=1000)

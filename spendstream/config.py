@@ -45,6 +45,23 @@ class Settings(BaseSettings):
     dlq_partitions: int = Field(3, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
 
+    # --- producer SDK ----------------------------------------------------------------------------
+    service: str = ""
+    """Default ``service`` of emitted events (e.g. the deployment name)."""
+    producer_buffer_events: int = Field(100_000, ge=1)
+    """Events the SDK holds in memory while Kafka is slow or down; beyond it they are dropped."""
+    producer_queue_kbytes: int = Field(65_536, ge=1024)
+    """librdkafka's own send queue bound (KiB), on top of the event buffer."""
+    producer_linger_ms: int = Field(50, ge=0, le=10_000)
+    producer_max_events_per_record: int = Field(100, ge=1, le=10_000)
+    producer_max_record_bytes: int = Field(262_144, ge=1024)
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    producer_message_timeout_ms: int = Field(300_000, ge=1000)
+    """How long an event may wait for the broker before it is dropped (``delivery_failed``)."""
+    producer_flush_timeout_s: float = Field(10.0, ge=0)
+    """How long process exit waits to deliver what is queued."""
+    producer_drop_log_interval_s: float = Field(60.0, gt=0)
+
     # --- stores ------------------------------------------------------------------------------
     postgres_dsn: str = ""
     """asyncpg DSN; empty means the local stack's database."""

@@ -1,0 +1,236 @@
+"""Timing one LLM call and turning it into an event: ``with emitter.track(...) as call``.
+
+The tracker measures latency (and time to first token for streams), reads usage from the
+provider response, fills ``status``/``error_type`` when the call raises, and emits on exit. It
+re-raises the host's own exception untouched and never raises one of its own: a tracking
+problem is counted as a dropped event (``invalid``) and logged by the emitter.
+
+Defaults for ``service``, ``endpoint``, ``team``, ``user_id`` come from the request context that
+:class:`~spendstream.producers.asgi.SpendstreamMiddleware` (or :func:`call_context`) sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from ..events import CacheKind, LLMCallEvent, Operation, Status, Usage
+from .usage import StreamUsage, extract_usage
+
+if TYPE_CHECKING:
+    from .emitter import Emitter
+
+log = logging.getLogger("spendstream.producer")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Attribution shared by every call made while handling one request."""
+
+    service: str | None = None
+    endpoint: str | None = None
+    team: str | None = None
+    user_id: str | None = None
+    prompt_version: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    endpoint_resolver: Callable[[], str | None] | None = None
+    """Resolved when the event is built (the ASGI route is known only after routing)."""
+
+    def resolved_endpoint(self) -> str | None:
+        if self.endpoint_resolver is not None:
+            with contextlib.suppress(Exception):
+                found = self.endpoint_resolver()
+                if found:
+                    return found
+        return self.endpoint
+
+
+_context: ContextVar[CallContext | None] = ContextVar("spendstream_call_context", default=None)
+
+
+def current_context() -> CallContext:
+    return _context.get() or CallContext()
+
+
+@contextlib.contextmanager
+def call_context(**fields: Any) -> Iterator[CallContext]:
+    """Set attribution for the calls made inside the block (nests: inner values win)."""
+    ctx = replace(current_context(), **fields)
+    token = _context.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _context.reset(token)
+
+
+_TIMEOUT_NAMES = ("Timeout", "TimedOut", "DeadlineExceeded")
+_RATE_NAMES = ("RateLimit", "TooManyRequests", "ResourceExhausted")
+
+
+def classify_error(exc: BaseException) -> Status:
+    """Map a client exception to a status without importing any provider SDK."""
+    if isinstance(exc, TimeoutError):
+        return Status.TIMEOUT
+    if (
+        isinstance(exc, (KeyboardInterrupt, GeneratorExit))
+        or type(exc).__name__ == "CancelledError"
+    ):
+        return Status.CANCELLED
+    name = type(exc).__name__
+    if any(n in name for n in _TIMEOUT_NAMES):
+        return Status.TIMEOUT
+    code = getattr(exc, "status_code", None) or getattr(exc, "code", None)
+    if code == 429 or any(n in name for n in _RATE_NAMES):
+        return Status.RATE_LIMITED
+    return Status.ERROR
+
+
+class TrackedCall:
+    """One call being timed. Use as a (async) context manager; see :meth:`Emitter.track`."""
+
+    def __init__(self, emitter: Emitter, fields: dict[str, Any]) -> None:
+        self._emitter = emitter
+        self.fields = fields
+        self.usage: Usage | None = fields.pop("usage", None)
+        self.response_model: str | None = fields.pop("response_model", None)
+        self._stream: StreamUsage | None = None
+        self._t0 = 0.0
+        self._ttft_ms: float | None = None
+        self._started: datetime | None = None
+        self.event: LLMCallEvent | None = None
+
+    # --- what the host tells us ----------------------------------------------------------------
+    def set_response(self, response: Any) -> None:
+        """Read usage and the response model from a provider response (never raises)."""
+        try:
+            got = extract_usage(self.fields["provider"], response)
+            self.usage, self.response_model = got.usage, got.response_model or self.response_model
+        except Exception as exc:
+            log.debug("spendstream: no usage in response: %s", exc)
+
+    def set_usage(self, **tokens: int | None) -> None:
+        """Report usage directly, in OTel semantics (input includes cache tokens)."""
+        self.usage = Usage(**tokens)
+
+    def first_token(self) -> None:
+        """Mark the first streamed token (sets ``ttft_ms`` once)."""
+        if self._ttft_ms is None:
+            self._ttft_ms = (time.perf_counter() - self._t0) * 1000
+
+    def observe_chunk(self, chunk: Any) -> None:
+        """Feed a streaming chunk: first one sets TTFT, the usage chunk sets usage."""
+        self.first_token()
+        if self._stream is None:
+            self._stream = StreamUsage(self.fields["provider"])
+        self._stream.observe(chunk)
+
+    def set(self, **fields: Any) -> None:
+        """Set any other event field (``cache_hit``, ``feedback``, ``tags`` …)."""
+        self.fields.update(fields)
+
+    # --- context manager -----------------------------------------------------------------------
+    def __enter__(self) -> TrackedCall:
+        self._started = datetime.now(UTC)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        self._finish(exc)
+
+    async def __aenter__(self) -> TrackedCall:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        try:
+            latency_ms = (time.perf_counter() - self._t0) * 1000
+            if self._stream is not None and self.usage is None:
+                got = self._stream.result()
+                if got is not None:
+                    self.usage, self.response_model = got.usage, got.response_model
+            ctx = current_context()
+            f = dict(self.fields)
+            tags = {**ctx.tags, **(f.pop("tags", None) or {})}
+            status = f.pop("status", None) or (Status.OK if exc is None else classify_error(exc))
+            ev = LLMCallEvent(
+                timestamp=self._started or datetime.now(UTC),
+                service=f.pop("service", None)
+                or ctx.service
+                or self._emitter.settings.service
+                or "unknown",
+                endpoint=f.pop("endpoint", None) or ctx.resolved_endpoint() or "unknown",
+                team=f.pop("team", None) or ctx.team,
+                user_id=f.pop("user_id", None) or ctx.user_id,
+                prompt_version=f.pop("prompt_version", None) or ctx.prompt_version,
+                tags=tags,
+                usage=self.usage or Usage(),
+                response_model=self.response_model,
+                latency_ms=round(latency_ms, 3),
+                ttft_ms=None if self._ttft_ms is None else round(self._ttft_ms, 3),
+                status=status,
+                error_type=f.pop("error_type", None)
+                or (type(exc).__name__ if exc is not None else None),
+                **f,
+            )
+        except Exception as build_exc:
+            log.warning("spendstream: could not build the call event: %s", build_exc)
+            from .emitter import DropReason
+
+            self._emitter._drop(DropReason.INVALID)
+            return
+        self.event = ev
+        self._emitter.emit(ev)
+
+
+def make_tracker(emitter: Emitter, provider: str, model: str, **fields: Any) -> TrackedCall:
+    if "operation" in fields and isinstance(fields["operation"], str):
+        fields["operation"] = Operation(fields["operation"])
+    if "cache_kind" in fields and isinstance(fields["cache_kind"], str):
+        fields["cache_kind"] = CacheKind(fields["cache_kind"])
+    return TrackedCall(emitter, {"provider": provider, "request_model": model, **fields})
+
+
+def traced(
+    emitter_getter: Callable[[], Emitter], provider: str, model: str, **fields: Any
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator form of ``track``: the function's return value is read as the response."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                async with make_tracker(emitter_getter(), provider, model, **fields) as call:
+                    result = await fn(*args, **kwargs)
+                    call.set_response(result)
+                    return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with make_tracker(emitter_getter(), provider, model, **fields) as call:
+                result = fn(*args, **kwargs)
+                call.set_response(result)
+                return result
+
+        return wrapper
+
+    return wrap
