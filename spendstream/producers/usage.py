@@ -87,14 +87,21 @@ def extract_usage(provider: str, response: Any) -> ExtractedUsage:
         got = gp_extract(stripped, provider_id=provider_id, api_flavor=_flavor(provider_id, body))
     except (LookupError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"no usage in this {provider} response: {exc}") from exc
-    u = got.usage
+    # genai-prices infers 0 for a count the response did not report; we keep "not reported"
+    # (None) apart from a reported 0, so the worker knows what it must estimate.
+    reported = vars(got.usage)
+
+    def count(key: str) -> int | None:
+        v = reported.get(key)
+        return None if v is None else int(v)
+
     return ExtractedUsage(
         Usage(
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=u.cache_read_tokens,
-            cache_creation_tokens=u.cache_write_tokens,
-            reasoning_tokens=getattr(u, "output_reasoning_tokens", None),
+            input_tokens=count("input_tokens"),
+            output_tokens=count("output_tokens"),
+            cache_read_tokens=count("cache_read_tokens"),
+            cache_creation_tokens=count("cache_write_tokens"),
+            reasoning_tokens=count("output_reasoning_tokens"),
         ),
         model,
     )

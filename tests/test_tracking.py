@@ -1,0 +1,154 @@
+"""Call tracking: latency, usage, status on exceptions, context defaults — never raising.
+
+These use an emitter pointed at an address where no broker listens: the event is built and
+queued all the same (``call.event``), which is what is asserted here; delivery is tested
+against the real broker in test_emitter.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from spendstream.config import Settings
+from spendstream.events import Status, Usage
+from spendstream.producers import Emitter, call_context
+from tests.test_usage import ANTHROPIC_MESSAGE, OPENAI_CHAT
+
+
+@pytest.fixture
+def emitter() -> Iterator[Emitter]:
+    s = Settings(kafka_bootstrap_servers="127.0.0.1:1", service="svc-default")
+    e = Emitter(s, register_atexit=False)
+    yield e
+    e.close(timeout=0)
+
+
+class RateLimitError(Exception):
+    status_code = 429
+
+
+def test_successful_call_carries_usage_latency_and_attribution(emitter: Emitter) -> None:
+    with emitter.track(
+        "openai",
+        "gpt-4o-mini",
+        endpoint="/answer",
+        team="support",
+        user_id="u1",
+        tags={"region": "eu"},
+    ) as call:
+        call.set_response(OPENAI_CHAT)
+    ev = call.event
+    assert ev is not None
+    assert (ev.service, ev.endpoint, ev.team, ev.user_id) == (
+        "svc-default",
+        "/answer",
+        "support",
+        "u1",
+    )
+    assert ev.request_model == "gpt-4o-mini" and ev.response_model == "gpt-4o-mini-2024-07-18"
+    assert ev.usage == Usage(
+        input_tokens=1200, output_tokens=350, cache_read_tokens=1024, reasoning_tokens=100
+    )
+    assert ev.status is Status.OK and ev.error_type is None
+    assert ev.latency_ms is not None and ev.latency_ms >= 0
+    assert ev.tags == {"region": "eu"}
+    assert emitter.pending() == 1
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "error_type"),
+    [
+        (RateLimitError("slow down"), Status.RATE_LIMITED, "RateLimitError"),
+        (TimeoutError(), Status.TIMEOUT, "TimeoutError"),
+        (ValueError("bad"), Status.ERROR, "ValueError"),
+    ],
+)
+def test_exception_sets_status_and_is_reraised_untouched(
+    emitter: Emitter, exc: Exception, status: Status, error_type: str
+) -> None:
+    with (
+        pytest.raises(type(exc)) as info,
+        emitter.track("anthropic", "claude-sonnet-4-0", endpoint="/x") as call,
+    ):
+        raise exc
+    assert info.value is exc
+    assert call.event is not None
+    assert call.event.status is status and call.event.error_type == error_type
+    assert call.event.usage == Usage()
+
+
+def test_context_supplies_defaults_and_explicit_fields_win(emitter: Emitter) -> None:
+    with call_context(
+        service="billing", endpoint="/invoice", team="finance", user_id="u7", tags={"env": "prod"}
+    ):
+        with emitter.track("anthropic", "claude-sonnet-4-0") as a:
+            a.set_response(ANTHROPIC_MESSAGE)
+        with emitter.track("anthropic", "claude-sonnet-4-0", team="other", tags={"k": "v"}) as b:
+            pass
+    assert a.event is not None and b.event is not None
+    assert (a.event.service, a.event.endpoint, a.event.team) == ("billing", "/invoice", "finance")
+    assert a.event.usage.input_tokens == 1250
+    assert b.event.team == "other" and b.event.tags == {"env": "prod", "k": "v"}
+    with emitter.track("openai", "gpt-4o") as c:
+        pass
+    assert c.event is not None and c.event.service == "svc-default" and c.event.team is None
+
+
+def test_streaming_sets_ttft_and_final_usage(emitter: Emitter) -> None:
+    async def run() -> Any:
+        async with emitter.track("openai", "gpt-4o", endpoint="/chat") as call:
+            for chunk in [
+                {
+                    "object": "chat.completion.chunk",
+                    "model": "gpt-4o",
+                    "choices": [{"delta": {"content": "hi"}}],
+                },
+                {
+                    "object": "chat.completion.chunk",
+                    "model": "gpt-4o",
+                    "choices": [],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+                },
+            ]:
+                await asyncio.sleep(0)
+                call.observe_chunk(chunk)
+        return call
+
+    call = asyncio.run(run())
+    assert call.event.usage == Usage(input_tokens=12, output_tokens=3)
+    assert call.event.ttft_ms is not None
+    assert call.event.latency_ms >= call.event.ttft_ms
+
+
+def test_traced_decorator_sync_and_async(emitter: Emitter) -> None:
+    @emitter.traced("openai", "gpt-4o-mini", endpoint="/sync")
+    def sync_call() -> dict[str, Any]:
+        return OPENAI_CHAT
+
+    @emitter.traced("anthropic", "claude-sonnet-4-0", endpoint="/async")
+    async def async_call() -> dict[str, Any]:
+        return ANTHROPIC_MESSAGE
+
+    assert sync_call() is OPENAI_CHAT
+    assert asyncio.run(async_call()) is ANTHROPIC_MESSAGE
+    assert emitter.pending() == 2
+
+
+def test_a_bad_field_is_dropped_and_counted_not_raised(emitter: Emitter) -> None:
+    with emitter.track("openai", "gpt-4o", endpoint="/x", team="bad\nteam") as call:
+        pass
+    assert call.event is None
+    assert emitter.stats().dropped == {"invalid": 1}
+    assert emitter.emit("not an event") is False  # type: ignore[arg-type]
+    assert emitter.stats().dropped == {"invalid": 2}
+
+
+def test_after_close_events_are_counted_as_closed(emitter: Emitter) -> None:
+    emitter.close(timeout=0)
+    with emitter.track("openai", "gpt-4o", endpoint="/x"):
+        pass
+    assert emitter.stats().dropped.get("closed") == 1

@@ -1,0 +1,280 @@
+"""Usage extraction from provider response bodies in each provider's documented shape.
+
+Expected numbers are worked out by hand from the bodies, in the schema's OTel semantics:
+input includes cache reads and writes, output includes reasoning, nothing counted twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from spendstream.events import Usage
+from spendstream.producers.usage import StreamUsage, extract_usage
+
+OPENAI_CHAT = {
+    "id": "chatcmpl-abc123",
+    "object": "chat.completion",
+    "created": 1764338587,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {
+        "prompt_tokens": 1200,
+        "completion_tokens": 350,
+        "total_tokens": 1550,
+        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 100,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    },
+}
+
+
+def test_openai_chat_completion_cached_and_reasoning() -> None:
+    got = extract_usage("openai", OPENAI_CHAT)
+    assert got.usage == Usage(
+        input_tokens=1200, output_tokens=350, cache_read_tokens=1024, reasoning_tokens=100
+    )
+    assert got.response_model == "gpt-4o-mini-2024-07-18"
+
+
+def test_openai_responses_api() -> None:
+    body = {
+        "id": "resp_1",
+        "object": "response",
+        "model": "o3-2025-04-16",
+        "status": "completed",
+        "usage": {
+            "input_tokens": 500,
+            "input_tokens_details": {"cached_tokens": 100},
+            "output_tokens": 900,
+            "output_tokens_details": {"reasoning_tokens": 700},
+            "total_tokens": 1400,
+        },
+    }
+    got = extract_usage("openai", body)
+    assert got.usage == Usage(
+        input_tokens=500, output_tokens=900, cache_read_tokens=100, reasoning_tokens=700
+    )
+    assert got.response_model == "o3-2025-04-16"
+
+
+def test_openai_embeddings() -> None:
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+    assert extract_usage("openai", body).usage == Usage(input_tokens=8)
+
+
+def test_openai_stream_final_usage_chunk() -> None:
+    chunks: list[dict[str, Any]] = [
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "delta": {"content": w}}],
+            "usage": None,
+        }
+        for w in ("Hel", "lo")
+    ]
+    chunks.append(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o-2024-08-06",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 40,
+                "completion_tokens": 2,
+                "total_tokens": 42,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+        }
+    )
+    s = StreamUsage("openai")
+    for c in chunks:
+        s.observe(c)
+    got = s.result()
+    assert got is not None
+    assert got.usage == Usage(input_tokens=40, output_tokens=2, cache_read_tokens=0)
+    assert got.response_model == "gpt-4o-2024-08-06"
+
+
+def test_openai_stream_without_usage_yields_none() -> None:
+    s = StreamUsage("openai")
+    s.observe({"object": "chat.completion.chunk", "choices": [{"delta": {"content": "x"}}]})
+    assert s.result() is None
+
+
+ANTHROPIC_MESSAGE = {
+    "id": "msg_01",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-20250514",
+    "content": [{"type": "text", "text": "Hi"}],
+    "stop_reason": "end_turn",
+    "usage": {
+        "input_tokens": 50,
+        "cache_creation_input_tokens": 200,
+        "cache_read_input_tokens": 1000,
+        "output_tokens": 300,
+    },
+}
+
+
+def test_anthropic_input_tokens_exclude_cache_so_they_are_added() -> None:
+    got = extract_usage("anthropic", ANTHROPIC_MESSAGE)
+    # Anthropic's input_tokens (50) exclude both cache counts: 50 + 200 + 1000 = 1250
+    assert got.usage == Usage(
+        input_tokens=1250, output_tokens=300, cache_read_tokens=1000, cache_creation_tokens=200
+    )
+    assert got.response_model == "claude-sonnet-4-20250514"
+
+
+def test_anthropic_stream_message_start_and_delta() -> None:
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_01",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-3-5-haiku-20241022",
+                "content": [],
+                "usage": {
+                    "input_tokens": 25,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 2048,
+                    "output_tokens": 1,
+                },
+            },
+        },
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 15},
+        },
+        {"type": "message_stop"},
+    ]
+    s = StreamUsage("anthropic")
+    for e in events:
+        s.observe(e)
+    got = s.result()
+    assert got is not None
+    assert got.usage == Usage(
+        input_tokens=2073, output_tokens=15, cache_read_tokens=2048, cache_creation_tokens=0
+    )
+    assert got.response_model == "claude-3-5-haiku-20241022"
+
+
+GEMINI = {
+    "candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}}],
+    "modelVersion": "gemini-2.5-flash",
+    "usageMetadata": {
+        "promptTokenCount": 1000,
+        "candidatesTokenCount": 200,
+        "thoughtsTokenCount": 150,
+        "cachedContentTokenCount": 600,
+        "totalTokenCount": 1350,
+    },
+}
+
+
+def test_gemini_thoughts_are_added_to_output_and_cache_is_inside_prompt() -> None:
+    got = extract_usage("google", GEMINI)
+    assert got.usage == Usage(
+        input_tokens=1000, output_tokens=350, cache_read_tokens=600, reasoning_tokens=150
+    )
+    assert got.response_model == "gemini-2.5-flash"
+
+
+def test_gemini_tool_use_prompt_tokens_count_as_input() -> None:
+    body = {
+        "usageMetadata": {
+            "promptTokenCount": 100,
+            "candidatesTokenCount": 10,
+            "toolUsePromptTokenCount": 40,
+            "totalTokenCount": 150,
+        }
+    }
+    assert extract_usage("google-vertex", body).usage == Usage(input_tokens=140, output_tokens=10)
+
+
+def test_gemini_stream_last_cumulative_usage_wins() -> None:
+    s = StreamUsage("google")
+    for cand in (5, 17, 30):
+        s.observe(
+            {
+                "candidates": [],
+                "modelVersion": "gemini-2.5-pro",
+                "usageMetadata": {
+                    "promptTokenCount": 80,
+                    "candidatesTokenCount": cand,
+                    "totalTokenCount": 80 + cand,
+                },
+            }
+        )
+    got = s.result()
+    assert got is not None and got.usage == Usage(input_tokens=80, output_tokens=30)
+
+
+def test_fine_tuned_or_unpriced_model_still_yields_usage() -> None:
+    body = {**OPENAI_CHAT, "model": "ft:gpt-4o-mini-2024-07-18:acme::9x8y7z"}
+    got = extract_usage("azure", body)
+    assert got.usage.input_tokens == 1200
+    assert got.response_model == "ft:gpt-4o-mini-2024-07-18:acme::9x8y7z"
+
+
+def test_sdk_objects_are_read_through_model_dump() -> None:
+    class Details(BaseModel):
+        cached_tokens: int
+
+    class U(BaseModel):
+        prompt_tokens: int
+        completion_tokens: int
+        total_tokens: int
+        prompt_tokens_details: Details | None = None
+
+    class ChatCompletion(BaseModel):
+        object: str = "chat.completion"
+        model: str
+        usage: U
+
+    obj = ChatCompletion(
+        model="gpt-4o",
+        usage=U(
+            prompt_tokens=10,
+            completion_tokens=4,
+            total_tokens=14,
+            prompt_tokens_details=Details(cached_tokens=8),
+        ),
+    )
+    assert extract_usage("openai", obj).usage == Usage(
+        input_tokens=10, output_tokens=4, cache_read_tokens=8
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "match"),
+    [
+        ("cohere", OPENAI_CHAT, "no usage extractor"),
+        ("openai", {"model": "gpt-4o"}, "no usage"),
+        ("anthropic", {"type": "message"}, "no usage"),
+    ],
+)
+def test_unusable_input_is_a_clear_error(provider: str, body: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        extract_usage(provider, body)
