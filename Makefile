@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint pytest stack-up stack-down stack-status clean-stack
+.PHONY: setup system-deps demo test lint pytest stack-up stack-down stack-status clean-stack bench
 
 setup: system-deps $(STAMP)
 
@@ -23,8 +23,8 @@ demo: setup
 test: setup lint pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check spendstream tests
-	$(BIN)/ruff format --check spendstream tests
+	$(BIN)/ruff check spendstream tests bench
+	$(BIN)/ruff format --check spendstream tests bench
 	$(BIN)/mypy
 
 pytest: $(STAMP)
@@ -42,3 +42,7 @@ stack-status: $(STAMP)
 # Stops the stack and deletes its data dirs (keeps the Kafka jar cache).
 clean-stack: stack-down
 	rm -rf .stack/kafka .stack/postgres .stack/redis .stack/prometheus
+
+# Every benchmark in bench/, one after another, against the local stack.
+bench: setup
+	@for f in bench/[a-z]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

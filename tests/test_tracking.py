@@ -152,3 +152,20 @@ def test_after_close_events_are_counted_as_closed(emitter: Emitter) -> None:
     with emitter.track("openai", "gpt-4o", endpoint="/x"):
         pass
     assert emitter.stats().dropped.get("closed") == 1
+
+
+def test_stats_are_exposed_to_prometheus(emitter: Emitter) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from spendstream.producers.metrics import EmitterCollector
+
+    reg = CollectorRegistry()
+    reg.register(EmitterCollector(emitter))
+    emitter.emit("junk")  # type: ignore[arg-type]
+    with emitter.track("openai", "gpt-4o", endpoint="/x"):
+        pass
+    text = generate_latest(reg).decode()
+    assert 'spendstream_sdk_events_dropped_total{reason="invalid"} 1.0' in text
+    assert 'spendstream_sdk_events_dropped_total{reason="buffer_full"} 0.0' in text
+    assert "spendstream_sdk_events_queued 1.0" in text
+    assert "spendstream_sdk_events_delivered_total 0.0" in text

@@ -1,0 +1,40 @@
+"""Prometheus view of an emitter, for hosts that expose /metrics: register it yourself.
+
+    from prometheus_client import REGISTRY
+    REGISTRY.register(EmitterCollector(emitter))
+
+Read at scrape time from :meth:`Emitter.stats`, so the emit path does no metric work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .emitter import DropReason, Emitter
+
+
+class EmitterCollector(Collector):
+    def __init__(self, emitter: Emitter) -> None:
+        self.emitter = emitter
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.emitter.stats()
+        delivered = CounterMetricFamily(
+            "spendstream_sdk_events_delivered", "Call events acknowledged by Kafka."
+        )
+        delivered.add_metric([], st.delivered)
+        yield delivered
+        dropped = CounterMetricFamily(
+            "spendstream_sdk_events_dropped", "Call events dropped, by reason.", labels=["reason"]
+        )
+        for reason in DropReason:
+            dropped.add_metric([reason.value], st.dropped.get(reason.value, 0))
+        yield dropped
+        queued = GaugeMetricFamily(
+            "spendstream_sdk_events_queued", "Accepted call events not yet acknowledged."
+        )
+        queued.add_metric([], st.queued)
+        yield queued
