@@ -144,6 +144,13 @@ def _replay(args: argparse.Namespace, s: Settings) -> int:
     return 0 if res.dropped == 0 else 1
 
 
+def _worker(args: argparse.Namespace, s: Settings) -> int:
+    from .stream.app import run_worker
+
+    run_worker(s, loglevel=args.loglevel)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spendstream", description=__doc__)
     p.add_argument("--version", action="version", version=f"spendstream {__version__}")
@@ -200,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--max-speed", action="store_true", help="as fast as possible")
     rp.add_argument("--no-progress", action="store_true")
     rp.set_defaults(func=_replay)
+
+    wk = sub.add_parser("worker", help="run a stream worker (start several to scale out)")
+    wk.add_argument(
+        "--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"]
+    )
+    wk.set_defaults(func=_worker)
 
     dm = sub.add_parser("demo", help="the main job: stack up and events through the pipeline")
     dm.add_argument("--count", type=int, default=1000)

@@ -7,6 +7,7 @@ Connection strings default to the local stack's ports, and follow them: setting 
 from __future__ import annotations
 
 import ssl
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -55,12 +56,49 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(50, ge=0, le=10_000)
     producer_max_events_per_record: int = Field(100, ge=1, le=10_000)
     producer_max_record_bytes: int = Field(262_144, ge=1024)
+    producer_max_record_span_s: float = Field(60.0, ge=0)
+    """Event-time span of one record; keeps replays within the worker's allowed lateness."""
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     producer_message_timeout_ms: int = Field(300_000, ge=1000)
     """How long an event may wait for the broker before it is dropped (``delivery_failed``)."""
     producer_flush_timeout_s: float = Field(10.0, ge=0)
     """How long process exit waits to deliver what is queued."""
     producer_drop_log_interval_s: float = Field(60.0, gt=0)
+
+    # --- stream worker -------------------------------------------------------------------------
+    worker_app_id: str = "spendstream-worker"
+    """Faust app id = consumer group; workers with the same id share the partitions."""
+    topic_partials: str = "spendstream.window-partials"
+    """Internal: stage-1 window snapshots and watermarks, keyed by scope."""
+    topic_windows: str = "spendstream.windows"
+    """Closed 1-minute totals per scope (compacted: the latest revision of each window)."""
+    stage2_partitions: int = Field(6, ge=1)
+    windows_partitions: int = Field(6, ge=1)
+    allowed_lateness_s: int = Field(120, ge=0)
+    """A minute closes when the event-time watermark is this far past its end."""
+    window_retention_minutes: int = Field(15, ge=2)
+    """Closed minutes stay correctable this long; older events are left out of windows."""
+    worker_batch_records: int = Field(50, ge=1)
+    """Raw records a worker takes per batch (each record holds up to 100 events)."""
+    tick_interval_s: float = Field(0.25, gt=0)
+    idle_timeout_s: float = Field(5.0, gt=0)
+    """A raw partition without records this long stops holding the watermark back."""
+    resync_interval_s: float = Field(30.0, gt=0)
+    price_overrides_file: Path | None = None
+    """TOML file of negotiated/private prices (see spendstream/stream/prices.py)."""
+    keep_text: bool = False
+    """Keep prompt/response text in enriched events (off: it is only used for estimation)."""
+    alert_min_spend_usd: Decimal = Decimal("0.05")
+    alert_spike_ratio: float = 3.0
+    alert_spike_z: float = 6.0
+    alert_max_ratio: float = 1.5
+    alert_baseline_minutes: int = Field(60, ge=5)
+    alert_min_baseline_minutes: int = Field(15, ge=1)
+    alert_sustain_minutes: int = Field(2, ge=1)
+    alert_resolve_minutes: int = Field(3, ge=1)
+    alert_cooldown_minutes: int = Field(10, ge=0)
+    budgets: dict[str, dict[str, Decimal]] = Field(default_factory=dict)
+    """JSON: ``{"team:finance": {"hourly": "5", "daily": "80"}}`` (scope → USD budgets)."""
 
     # --- stores ------------------------------------------------------------------------------
     postgres_dsn: str = ""
@@ -88,6 +126,23 @@ class Settings(BaseSettings):
     stack_timeout_s: float = Field(120.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def rule_config(self) -> Any:
+        """The spike-rule thresholds as the stream's RuleConfig."""
+        from .stream.rules import RuleConfig
+
+        return RuleConfig(
+            min_spend_usd=self.alert_min_spend_usd,
+            spike_ratio=self.alert_spike_ratio,
+            spike_z=self.alert_spike_z,
+            max_ratio=self.alert_max_ratio,
+            baseline_minutes=self.alert_baseline_minutes,
+            min_baseline_minutes=self.alert_min_baseline_minutes,
+            sustain_minutes=self.alert_sustain_minutes,
+            resolve_minutes=self.alert_resolve_minutes,
+            cooldown_minutes=self.alert_cooldown_minutes,
+            budgets=self.budgets,
+        )
 
     @model_validator(mode="after")
     def _derive_local_addresses(self) -> Self:

@@ -55,6 +55,20 @@ def declared_topics(s: Settings) -> list[TopicSpec]:
             "spend alerts (firing / resolved)",
         ),
         TopicSpec(
+            s.topic_partials,
+            s.stage2_partitions,
+            rf,
+            {"retention.ms": str(DAY_MS), "min.insync.replicas": min_isr},
+            "internal: stage-1 window snapshots and watermarks for stage 2",
+        ),
+        TopicSpec(
+            s.topic_windows,
+            s.windows_partitions,
+            rf,
+            {"cleanup.policy": "compact", "min.insync.replicas": min_isr},
+            "closed 1-minute spend per scope (latest revision per window)",
+        ),
+        TopicSpec(
             s.topic_dlq,
             s.dlq_partitions,
             rf,

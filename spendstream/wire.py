@@ -15,7 +15,7 @@ envelope, so plain single-event producers are compatible.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -34,6 +34,44 @@ class BadLine:
     index: int
     raw: bytes
     reason: str
+
+
+def pack(
+    events: Iterable[LLMCallEvent],
+    max_events: int = 100,
+    max_bytes: int = 262_144,
+    span_s: float = 60.0,
+    on_error: Callable[[LLMCallEvent, Exception], None] | None = None,
+) -> list[tuple[bytes, list[bytes]]]:
+    """Cut events into records: (key, lines), the SDK's and every producer's batching rule.
+
+    Events are grouped by Kafka key within slots of ``span_s`` seconds of *event time*, in
+    order of first appearance. Grouping by key reorders events of different keys; the slot
+    bounds that reordering, so a replay at high speed is never more out of order within a
+    partition than ``span_s`` — below the stream worker's allowed lateness.
+    """
+    groups: dict[tuple[int, bytes], list[bytes]] = {}
+    for ev in events:
+        try:
+            slot = int(ev.timestamp.timestamp() // span_s) if span_s > 0 else 0
+            groups.setdefault((slot, ev.kafka_key()), []).append(ev.to_json())
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(ev, exc)
+    out: list[tuple[bytes, list[bytes]]] = []
+    for (_, key), lines in groups.items():
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and (len(chunk) >= max_events or size + len(line) + 1 > max_bytes):
+                out.append((key, chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+        if chunk:
+            out.append((key, chunk))
+    return out
 
 
 def encode(events: Sequence[LLMCallEvent]) -> bytes:

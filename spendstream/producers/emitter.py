@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config import Settings, get_settings
 from ..events import LLMCallEvent
-from ..wire import HEADERS
+from ..wire import HEADERS, pack
 from .tracking import P, R, TrackedCall, make_tracker, traced
 
 log = logging.getLogger("spendstream.producer")
@@ -97,6 +97,7 @@ class Emitter:
         self._max_buffer = s.producer_buffer_events
         self._max_events = s.producer_max_events_per_record
         self._max_bytes = s.producer_max_record_bytes
+        self._span_s = s.producer_max_record_span_s
         self._linger_s = s.producer_linger_ms / 1000
         self._wake_at = max(1, min(self._max_events * 4, self._max_buffer // 2))
         self._log_interval = s.producer_drop_log_interval_s
@@ -326,26 +327,15 @@ class Emitter:
         return bool(self._q)
 
     def _encode(self, batch: list[LLMCallEvent]) -> None:
-        """Group by key (order kept within a key) and cut into records of bounded size."""
-        groups: dict[bytes, list[bytes]] = {}
-        for ev in batch:
-            try:
-                groups.setdefault(ev.kafka_key(), []).append(ev.to_json())
-            except Exception:
-                self._drop(DropReason.INVALID)
-        for key, lines in groups.items():
-            chunk: list[bytes] = []
-            size = 0
-            for line in lines:
-                if chunk and (
-                    len(chunk) >= self._max_events or size + len(line) + 1 > self._max_bytes
-                ):
-                    self._push(key, chunk)
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line) + 1
-            if chunk:
-                self._push(key, chunk)
+        """Cut the batch into records (:func:`spendstream.wire.pack`) and queue them."""
+        for key, lines in pack(
+            batch,
+            self._max_events,
+            self._max_bytes,
+            self._span_s,
+            on_error=lambda _ev, _exc: self._drop(DropReason.INVALID),
+        ):
+            self._push(key, lines)
 
     def _push(self, key: bytes, lines: list[bytes]) -> None:
         self._backlog.append((key, b"\n".join(lines), len(lines)))

@@ -1,0 +1,194 @@
+"""Raw record → enriched events, dead letters and per-window aggregates.
+
+One Kafka record of the raw topic (a ``jsonl/1`` envelope) is processed as a unit: every line
+is validated against the schema; valid events get final token counts (provider usage wins,
+tiktoken estimates fill gaps, flagged) and an exact cost from the :class:`PriceBook`; invalid
+lines become dead letters carrying their original bytes and the reason.
+
+The enriched JSON is assembled from the validated raw line plus the computed parts instead of
+re-serializing the whole model: it parses to the same :class:`EnrichedEvent` (tested), at a
+fraction of the cost. Prompt/response text is dropped from the enriched event unless
+``keep_text`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from ..events import EnrichedEvent, LLMCallEvent, TokenCounts, describe_error
+from . import tokens as tk
+from .prices import PICO, PriceBook, PriceRow, pico_to_usd
+from .windows import RecordAggregate
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A line (or whole record) that is not a valid event: original bytes and why."""
+
+    raw: bytes
+    reason: str
+    line: int | None
+    """Index of the line in the record; None when the record itself is unreadable."""
+
+
+@dataclass(slots=True)
+class EnrichedCall:
+    """An event with final tokens and its cost in picodollars (None: price unknown)."""
+
+    event: LLMCallEvent
+    tokens: TokenCounts
+    parts_pico: tuple[int, int, int, int, int] | None
+    row: PriceRow | None
+    raw: bytes
+
+    @property
+    def cost_pico(self) -> int:
+        return sum(self.parts_pico) if self.parts_pico else 0
+
+    def to_model(self) -> EnrichedEvent:
+        """The schema object (slow path; the stream writes :meth:`to_json`)."""
+        return EnrichedEvent.model_validate_json(self.to_json(keep_text=True))
+
+    def to_json(self, keep_text: bool = False) -> bytes:
+        ev = self.event
+        if not keep_text and (ev.prompt_text is not None or ev.response_text is not None):
+            event_json = ev.model_copy(
+                update={"prompt_text": None, "response_text": None}
+            ).to_json()
+        else:
+            event_json = self.raw
+        t = self.tokens
+        tok = (
+            f'{{"input_tokens":{t.input_tokens},"output_tokens":{t.output_tokens},'
+            f'"cache_read_tokens":{t.cache_read_tokens},'
+            f'"cache_creation_tokens":{t.cache_creation_tokens},'
+            f'"reasoning_tokens":{t.reasoning_tokens},'
+            f'"estimated":{"true" if t.estimated else "false"}}}'
+        )
+        if self.parts_pico is None or self.row is None:
+            tail = ',"price_unknown":true,"schema_version":1}'
+            return b'{"event":' + event_json + (',"tokens":' + tok + tail).encode()
+        p = self.parts_pico
+        version = f',"price_version":"{self.row.version}"' if self.row.version else ""
+        cost = (
+            f'{{"input":"{pico_to_usd(p[0])}","cache_read":"{pico_to_usd(p[1])}",'
+            f'"cache_write":"{pico_to_usd(p[2])}","output":"{pico_to_usd(p[3])}",'
+            f'"reasoning":"{pico_to_usd(p[4])}","total":"{pico_to_usd(sum(p))}",'
+            f'"currency":"USD","price_source":"{self.row.source}"{version}}}'
+        )
+        return (
+            b'{"event":'
+            + event_json
+            + (
+                ',"tokens":'
+                + tok
+                + ',"cost":'
+                + cost
+                + ',"price_unknown":false,"schema_version":1}'
+            ).encode()
+        )
+
+
+def final_tokens(ev: LLMCallEvent) -> TokenCounts:
+    """Provider-reported counts win; a missing count is estimated (or 0) and flagged."""
+    u = ev.usage
+    estimated = False
+    cache_read = u.cache_read_tokens or 0
+    cache_write = u.cache_creation_tokens or 0
+    reasoning = u.reasoning_tokens or 0
+    inp = u.input_tokens
+    if inp is None:
+        estimated = True
+        est = 0
+        if ev.prompt_text:
+            est = tk.estimate_input(
+                ev.provider,
+                ev.response_model or ev.request_model,
+                ev.prompt_text,
+                ev.operation.value,
+            )
+        inp = max(est, cache_read + cache_write)
+    out = u.output_tokens
+    if out is None:
+        estimated = True
+        est = 0
+        if ev.response_text:
+            est = tk.estimate_output(
+                ev.provider, ev.response_model or ev.request_model, ev.response_text
+            )
+        out = max(est, reasoning)
+    return TokenCounts(
+        input_tokens=inp,
+        output_tokens=out,
+        cache_read_tokens=cache_read,
+        cache_creation_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        estimated=estimated,
+    )
+
+
+@dataclass
+class RecordResult:
+    calls: list[EnrichedCall] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    aggregate: RecordAggregate = field(default_factory=RecordAggregate)
+
+
+class Enricher:
+    """Validates and enriches records; keeps the price cache for the worker's lifetime."""
+
+    def __init__(self, book: PriceBook | None = None) -> None:
+        self.book = book or PriceBook()
+
+    def price(self, ev: LLMCallEvent) -> PriceRow | None:
+        ts = ev.timestamp
+        if ev.response_model:
+            row = self.book.row(ev.provider, ev.response_model, ts)
+            if row is not None:
+                return row
+        return self.book.row(ev.provider, ev.request_model, ts)
+
+    def enrich(self, ev: LLMCallEvent, raw: bytes) -> EnrichedCall:
+        toks = final_tokens(ev)
+        row = self.price(ev)
+        parts = row.cost_pico(toks) if row is not None else None
+        return EnrichedCall(ev, toks, parts, row, raw)
+
+    def process(self, value: bytes | None, offset: int = 0) -> RecordResult:
+        """One raw record: enrich every valid line, dead-letter the rest, aggregate."""
+        res = RecordResult()
+        if not value:
+            res.dead.append(DeadLetter(value or b"", "empty record", None))
+            return res
+        for i, line in enumerate(value.split(b"\n")):
+            if not line.strip():
+                continue
+            try:
+                ev = LLMCallEvent.model_validate_json(line)
+            except ValidationError as exc:
+                res.dead.append(DeadLetter(line, describe_error(exc), i))
+                continue
+            except ValueError as exc:
+                res.dead.append(DeadLetter(line, f"undecodable: {exc}", i))
+                continue
+            try:
+                call = self.enrich(ev, line)
+            except Exception as exc:  # a bug or a tokenizer failure must not stop the stream
+                res.dead.append(
+                    DeadLetter(line, f"enrichment failed: {type(exc).__name__}: {exc}", i)
+                )
+                continue
+            res.calls.append(call)
+        res.aggregate.add_calls(res.calls, offset)
+        return res
+
+
+def usd_total(calls: Iterable[EnrichedCall]) -> int:
+    """Sum of call costs in picodollars (helper for tests and reports)."""
+    return sum(c.cost_pico for c in calls)
+
+
+__all__ = ["PICO", "DeadLetter", "EnrichedCall", "Enricher", "RecordResult", "final_tokens"]

@@ -1,0 +1,304 @@
+"""Prices, resolved once per (provider, model, day) and applied with integer arithmetic.
+
+genai-prices' ``calc_price`` costs ~100+ µs a call; the stream prices tens of thousands of
+events a second. So a :class:`PriceBook` looks a model's price up once per UTC day (per
+15 minutes for the few models with time-of-day prices) and keeps it as a :class:`PriceRow` of
+integer **picodollars per token** (USD/MTok × 10⁶). Costs are then exact integer sums in
+picodollars; a Decimal is made only at the boundary (:meth:`Cost`).
+
+Price semantics (checked against ``calc_price`` in the tests): uncached input at the input
+price; cache reads at the cache-read price and cache writes at the cache-write price, each
+falling back to the input price when the model has none; non-reasoning output at the output
+price; reasoning tokens at the reasoning price, else the output price. Tiered (long-context)
+prices apply when the call's total input tokens exceed the tier start. A per-request fee is
+added to ``input``.
+
+A user override file (TOML) takes precedence: negotiated prices, private models, effective
+dates. See :func:`load_overrides`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+from ..events import Cost, TokenCounts
+
+PICO = 10**12
+_PICO_PER_TOKEN = Decimal(10**6)  # USD per MTok → picodollars per token
+_PARTS = ("input", "cache_read", "cache_write", "output", "reasoning")
+
+
+def pico_per_token(price_mtok: Decimal) -> int:
+    """USD per million tokens → integer picodollars per token (half-even beyond 1e-12 $)."""
+    return int((price_mtok * _PICO_PER_TOKEN).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def pico_to_usd(pico: int) -> Decimal:
+    """Exact: picodollars → USD Decimal with 12 places."""
+    return Decimal(pico).scaleb(-12).quantize(Decimal(1).scaleb(-12))
+
+
+@dataclass(frozen=True, slots=True)
+class TierPrices:
+    """Prices per token (picodollars) of one tier; ``start`` is exclusive (input > start)."""
+
+    start: int
+    input: int
+    cache_read: int
+    cache_write: int
+    output: int
+    reasoning: int
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    """A model's prices for one day: base tier plus long-context tiers, and provenance."""
+
+    provider: str
+    model: str
+    base: TierPrices
+    tiers: tuple[TierPrices, ...] = ()
+    request_pico: int = 0
+    source: str = "genai-prices"
+    version: str | None = None
+
+    def tier_for(self, input_tokens: int) -> TierPrices:
+        for t in reversed(self.tiers):
+            if input_tokens > t.start:
+                return t
+        return self.base
+
+    def cost_pico(self, tok: TokenCounts) -> tuple[int, int, int, int, int]:
+        """(input, cache_read, cache_write, output, reasoning) in picodollars, exact."""
+        t = self.tier_for(tok.input_tokens)
+        return (
+            tok.uncached_input_tokens * t.input + self.request_pico,
+            tok.cache_read_tokens * t.cache_read,
+            tok.cache_creation_tokens * t.cache_write,
+            tok.non_reasoning_output_tokens * t.output,
+            tok.reasoning_tokens * t.reasoning,
+        )
+
+    def cost(self, tok: TokenCounts) -> Cost:
+        parts = self.cost_pico(tok)
+        usd = [pico_to_usd(p) for p in parts]
+        return Cost(
+            input=usd[0],
+            cache_read=usd[1],
+            cache_write=usd[2],
+            output=usd[3],
+            reasoning=usd[4],
+            total=pico_to_usd(sum(parts)),
+            price_source=self.source,
+            price_version=self.version,
+        )
+
+
+# --- genai-prices -----------------------------------------------------------------------------
+
+
+def _tier_prices(mp: Any, idx: int | None) -> TierPrices:
+    """Prices of tier ``idx`` (None = base) from a genai-prices ModelPrice, with fallbacks."""
+    from genai_prices.types import TieredPrices
+
+    def get(key: str) -> Decimal | None:
+        v = getattr(mp, key, None)
+        if v is None:
+            return None
+        if isinstance(v, TieredPrices):
+            if idx is None:
+                return Decimal(v.base)
+            return Decimal(v.tiers[idx].price) if idx < len(v.tiers) else Decimal(v.tiers[-1].price)
+        return Decimal(v)
+
+    inp = get("input_mtok") or Decimal(0)
+    out = get("output_mtok") or Decimal(0)
+    start = 0
+    if idx is not None:
+        for key in ("input_mtok", "output_mtok"):
+            v = getattr(mp, key, None)
+            if isinstance(v, TieredPrices) and idx < len(v.tiers):
+                start = v.tiers[idx].start
+                break
+    return TierPrices(
+        start=start,
+        input=pico_per_token(inp),
+        cache_read=pico_per_token(get("cache_read_mtok") or inp),
+        cache_write=pico_per_token(get("cache_write_mtok") or inp),
+        output=pico_per_token(out),
+        reasoning=pico_per_token(get("output_reasoning_mtok") or out),
+    )
+
+
+def _row_from_genai(provider: str, model: str, when: datetime) -> PriceRow | None:
+    from genai_prices import __version__ as gp_version
+    from genai_prices import data_snapshot
+    from genai_prices.types import TieredPrices
+
+    snap = data_snapshot.get_snapshot()
+    try:
+        prov, info = snap.find_provider_model(model, None, provider, None)
+    except (LookupError, ValueError):
+        return None
+    mp = info.get_prices(when)
+    n_tiers = max(
+        (len(v.tiers) for v in mp.__dict__.values() if isinstance(v, TieredPrices)), default=0
+    )
+    req = getattr(mp, "requests_kcount", None)
+    return PriceRow(
+        provider=prov.id,
+        model=info.id,
+        base=_tier_prices(mp, None),
+        tiers=tuple(_tier_prices(mp, i) for i in range(n_tiers)),
+        request_pico=int(Decimal(req) * PICO / 1000) if req else 0,
+        source="genai-prices",
+        version=gp_version,
+    )
+
+
+def _has_time_of_day(provider: str, model: str) -> bool:
+    from genai_prices import data_snapshot
+    from genai_prices.types import TimeOfDateConstraint
+
+    try:
+        _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+    except (LookupError, ValueError):
+        return False
+    prices = info.prices if isinstance(info.prices, list) else []
+    return any(isinstance(c.constraint, TimeOfDateConstraint) for c in prices)
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """One price from the override file, valid on ``[effective_from, effective_to)``."""
+
+    provider: str
+    model: str
+    row: PriceRow
+    effective_from: date | None = None
+    effective_to: date | None = None
+
+    def applies(self, provider: str, model: str, day: date) -> bool:
+        return (
+            self.provider == provider
+            and self.model == model
+            and (self.effective_from is None or day >= self.effective_from)
+            and (self.effective_to is None or day < self.effective_to)
+        )
+
+
+def _tier_from_table(t: dict[str, Any], start: int, where: str) -> TierPrices:
+    try:
+        inp = Decimal(str(t["input_mtok"]))
+        out = Decimal(str(t["output_mtok"]))
+    except KeyError as exc:
+        raise ValueError(f"{where}: {exc.args[0]} is required") from None
+
+    def opt(key: str, default: Decimal) -> Decimal:
+        return Decimal(str(t[key])) if key in t else default
+
+    prices = [
+        inp,
+        opt("cache_read_mtok", inp),
+        opt("cache_write_mtok", inp),
+        out,
+        opt("reasoning_mtok", out),
+    ]
+    if any(p < 0 for p in prices):
+        raise ValueError(f"{where}: prices must be >= 0")
+    return TierPrices(start, *(pico_per_token(p) for p in prices))
+
+
+def load_overrides(path: Path) -> list[Override]:
+    """Read a TOML price-override file::
+
+    [[price]]
+    provider = "openai"
+    model = "gpt-4o"                 # matched against the event's model, exactly
+    effective_from = 2026-01-01      # optional, inclusive (UTC day)
+    effective_to = 2027-01-01        # optional, exclusive
+    input_mtok = "2.00"              # USD per million tokens; strings keep decimals exact
+    output_mtok = "8.00"
+    cache_read_mtok = "0.50"         # optional, default input_mtok
+    cache_write_mtok = "2.50"        # optional, default input_mtok
+    reasoning_mtok = "8.00"          # optional, default output_mtok
+    request_kcount = "0"             # optional, USD per 1000 requests
+    [[price.tier]]                   # optional long-context tiers
+    start = 200000                   # applies when input tokens > start
+    input_mtok = "4.00"
+    output_mtok = "12.00"
+    """
+    data = tomllib.loads(path.read_text())
+    out: list[Override] = []
+    for i, p in enumerate(data.get("price", [])):
+        where = f"{path}: price #{i + 1}"
+        try:
+            provider, model = str(p["provider"]), str(p["model"])
+        except KeyError as exc:
+            raise ValueError(f"{where}: {exc.args[0]} is required") from None
+        tiers = tuple(
+            _tier_from_table(t, int(t["start"]), f"{where} tier #{j + 1}")
+            for j, t in enumerate(p.get("tier", []))
+        )
+        req = Decimal(str(p.get("request_kcount", "0")))
+        row = PriceRow(
+            provider,
+            model,
+            _tier_from_table(p, 0, where),
+            tiers,
+            request_pico=int(req * PICO / 1000),
+            source=f"override:{path.name}",
+        )
+        out.append(Override(provider, model, row, p.get("effective_from"), p.get("effective_to")))
+    return out
+
+
+# --- the book ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PriceBook:
+    """Caches one :class:`PriceRow` (or None: unknown) per (provider, model, slot)."""
+
+    overrides: Sequence[Override] = ()
+    _cache: dict[tuple[str, str, int], PriceRow | None] = field(default_factory=dict)
+    _tod: dict[tuple[str, str], bool] = field(default_factory=dict)
+    lookups: int = 0
+    """How many times a price was actually resolved (not served from the cache)."""
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> PriceBook:
+        return cls(load_overrides(path) if path else ())
+
+    def _slot(self, provider: str, model: str, ts: datetime) -> int:
+        tod = self._tod.get((provider, model))
+        if tod is None:
+            tod = self._tod[(provider, model)] = _has_time_of_day(provider, model)
+        seconds = int(ts.timestamp())
+        return seconds // 900 if tod else seconds // 86400 * 96  # 15-min slots, or the day
+
+    def row(self, provider: str, model: str, ts: datetime) -> PriceRow | None:
+        key = (provider, model, self._slot(provider, model, ts))
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        self.lookups += 1
+        day = ts.astimezone(UTC).date()
+        found = next(
+            (o.row for o in reversed(self.overrides) if o.applies(provider, model, day)), None
+        )
+        if found is None:
+            slot_start = datetime.fromtimestamp(key[2] * 900, UTC)
+            found = _row_from_genai(provider, model, slot_start)
+        self._cache[key] = found
+        return found

@@ -1,0 +1,190 @@
+"""Event-time windows: what is aggregated, per scope and minute, and how partials merge.
+
+Scopes: ``endpoint:<service><endpoint>``, ``model:<provider>/<request_model>``,
+``service:<service>``, ``team:<team>`` and ``global:all``. Windows are 1-minute tumbling
+windows keyed by event time (epoch minute); hour and day totals are sums of minutes.
+
+Money is integer picodollars (10⁻¹² USD) end to end, so totals are exact. Aggregation happens
+twice: inside one Kafka record (events are first grouped by their few distinct
+(endpoint, model, service, team, minute) signatures, then expanded to scopes), and across
+records in the stage-1 table, where each key remembers the last record offset applied to it
+(``thru``) so a record replayed after a crash is never counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..events import Status
+
+if TYPE_CHECKING:
+    from .enrich import EnrichedCall
+
+MINUTE = 60
+SCOPE_KINDS = ("endpoint", "model", "service", "team", "global")
+TOP_USERS = 10
+"""Users kept per window partial (by spend); contributor lists are approximate beyond that."""
+
+
+def endpoint_scope(service: str, endpoint: str) -> str:
+    sep = "" if endpoint.startswith("/") else "/"
+    return f"endpoint:{service}{sep}{endpoint}"
+
+
+class Agg:
+    """Totals of one scope in one minute (or of one signature inside a record)."""
+
+    __slots__ = (
+        "calls",
+        "cr",
+        "cw",
+        "errors",
+        "est",
+        "inp",
+        "models",
+        "out",
+        "pv",
+        "rs",
+        "spend",
+        "unknown",
+        "users",
+    )
+
+    def __init__(self) -> None:
+        self.spend = 0
+        self.calls = 0
+        self.errors = 0
+        self.inp = 0
+        self.out = 0
+        self.cr = 0
+        self.cw = 0
+        self.rs = 0
+        self.unknown = 0
+        self.est = 0
+        self.models: dict[str, int] = {}
+        self.pv: dict[str, int] = {}
+        self.users: dict[str, int] = {}
+
+    def add_call(self, c: EnrichedCall) -> None:
+        ev, t = c.event, c.tokens
+        cost = c.cost_pico
+        self.spend += cost
+        self.calls += 1
+        if ev.status is not Status.OK:
+            self.errors += 1
+        self.inp += t.input_tokens
+        self.out += t.output_tokens
+        self.cr += t.cache_read_tokens
+        self.cw += t.cache_creation_tokens
+        self.rs += t.reasoning_tokens
+        if c.parts_pico is None:
+            self.unknown += 1
+        if t.estimated:
+            self.est += 1
+        m = ev.request_model
+        self.models[m] = self.models.get(m, 0) + cost
+        if ev.prompt_version:
+            self.pv[ev.prompt_version] = self.pv.get(ev.prompt_version, 0) + cost
+        if ev.user_id:
+            self.users[ev.user_id] = self.users.get(ev.user_id, 0) + cost
+
+    def merge(self, o: Agg) -> None:
+        self.spend += o.spend
+        self.calls += o.calls
+        self.errors += o.errors
+        self.inp += o.inp
+        self.out += o.out
+        self.cr += o.cr
+        self.cw += o.cw
+        self.rs += o.rs
+        self.unknown += o.unknown
+        self.est += o.est
+        for src, dst in ((o.models, self.models), (o.pv, self.pv), (o.users, self.users)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+
+    def trim(self) -> None:
+        if len(self.users) > TOP_USERS:
+            top = sorted(self.users.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_USERS]
+            self.users = dict(top)
+
+    def to_dict(self) -> dict[str, Any]:
+        self.trim()
+        return {
+            "spend": self.spend,
+            "calls": self.calls,
+            "errors": self.errors,
+            "inp": self.inp,
+            "out": self.out,
+            "cr": self.cr,
+            "cw": self.cw,
+            "rs": self.rs,
+            "unknown": self.unknown,
+            "est": self.est,
+            "models": self.models,
+            "pv": self.pv,
+            "users": self.users,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Agg:
+        a = cls()
+        for k in ("spend", "calls", "errors", "inp", "out", "cr", "cw", "rs", "unknown", "est"):
+            setattr(a, k, int(d.get(k, 0)))
+        a.models = {str(k): int(v) for k, v in d.get("models", {}).items()}
+        a.pv = {str(k): int(v) for k, v in d.get("pv", {}).items()}
+        a.users = {str(k): int(v) for k, v in d.get("users", {}).items()}
+        return a
+
+    def copy(self) -> Agg:
+        return Agg.from_dict(self.to_dict())
+
+
+@dataclass
+class RecordAggregate:
+    """Aggregates of one record by (scope, minute); built per signature for speed."""
+
+    by_key: dict[tuple[str, int], Agg] = field(default_factory=dict)
+    max_ts: float = 0.0
+    """Largest event time in the record (seconds): the partition's watermark candidate."""
+
+    def add_calls(self, calls: Iterable[EnrichedCall], offset: int = 0) -> None:
+        sigs: dict[tuple[str, str, str, str, int], Agg] = {}
+        max_ts = self.max_ts
+        for c in calls:
+            ev = c.event
+            ts = ev.timestamp.timestamp()
+            if ts > max_ts:
+                max_ts = ts
+            sig = (
+                endpoint_scope(ev.service, ev.endpoint),
+                f"model:{ev.provider}/{ev.request_model}",
+                f"service:{ev.service}",
+                f"team:{ev.team or '-'}",
+                int(ts // MINUTE),
+            )
+            agg = sigs.get(sig)
+            if agg is None:
+                agg = sigs[sig] = Agg()
+            agg.add_call(c)
+        self.max_ts = max_ts
+        for (ep, model, svc, team, minute), agg in sigs.items():
+            for scope in (ep, model, svc, team, "global:all"):
+                key = (scope, minute)
+                cur = self.by_key.get(key)
+                if cur is None:
+                    self.by_key[key] = agg.copy()
+                else:
+                    cur.merge(agg)
+
+    def items(self) -> Iterator[tuple[tuple[str, int], Agg]]:
+        return iter(self.by_key.items())
+
+
+def total(partials: Iterable[Agg]) -> Agg:
+    out = Agg()
+    for p in partials:
+        out.merge(p)
+    return out

@@ -1,0 +1,111 @@
+"""Enrichment and dead letters, in process: every line is either enriched or dead-lettered
+with its original bytes and a reason — nothing is lost, nothing raises."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spendstream.events import EnrichedEvent, LLMCallEvent, example_event
+from spendstream.stream.enrich import Enricher, final_tokens
+from spendstream.stream.rules import RuleConfig, ScopeRules
+from spendstream.stream.windows import Agg
+
+ENRICHER = Enricher()
+
+
+def test_fast_json_is_the_schema_object() -> None:
+    ev = example_event()
+    call = ENRICHER.enrich(ev, ev.to_json())
+    model = EnrichedEvent.from_json(call.to_json())
+    assert model.event == ev
+    assert model.cost is not None and model.cost.total == Decimal("0.0003132")
+    assert model.tokens.input_tokens == 1200 and not model.tokens.estimated
+    assert model == call.to_model()
+
+
+def test_missing_usage_is_estimated_and_text_is_dropped() -> None:
+    ev = example_event(
+        usage={}, prompt_text="What is the capital of France?", response_text="Paris."
+    )
+    tok = final_tokens(ev)
+    assert tok.estimated
+    assert tok.input_tokens == 7 + 7  # 7 text tokens + OpenAI chat overhead 7
+    assert tok.output_tokens == 2
+    enriched = EnrichedEvent.from_json(ENRICHER.enrich(ev, ev.to_json()).to_json())
+    assert enriched.event.prompt_text is None and enriched.event.response_text is None
+    kept = EnrichedEvent.from_json(ENRICHER.enrich(ev, ev.to_json()).to_json(keep_text=True))
+    assert kept.event.prompt_text == "What is the capital of France?"
+
+
+def test_unknown_model_is_flagged_never_zero() -> None:
+    ev = example_event(request_model="acme-private-1", response_model=None)
+    enriched = EnrichedEvent.from_json(ENRICHER.enrich(ev, ev.to_json()).to_json())
+    assert enriched.price_unknown and enriched.cost is None
+
+
+garbage = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=200).map(str.encode),
+    st.builds(lambda s, n: s[:n], st.just(example_event().to_json()), st.integers(0, 400)),
+    st.dictionaries(
+        st.sampled_from(["service", "usage", "timestamp", "event_id", "x"]),
+        st.one_of(st.integers(), st.text(max_size=5), st.none(), st.lists(st.integers())),
+        max_size=4,
+    ).map(lambda d: json.dumps(d).encode()),
+    st.just(b'{"service": "' + b"x" * 300_000 + b'"}'),
+    st.just(b"\xff\xfe\xfd"),
+)
+
+
+@given(st.lists(st.tuples(st.booleans(), garbage), min_size=1, max_size=30))
+@settings(
+    max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+def test_every_line_is_enriched_or_dead_lettered_with_its_bytes(
+    items: list[tuple[bool, bytes]],
+) -> None:
+    good = example_event().to_json()
+    lines = [good if ok else g.replace(b"\n", b" ") for ok, g in items]
+    value = b"\n".join(lines)
+    res = ENRICHER.process(value, offset=3)
+    if not value:
+        assert res.calls == []
+        assert [(d.line, d.reason) for d in res.dead] == [(None, "empty record")]
+        return
+    expected_good = []
+    expected_bad = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            LLMCallEvent.model_validate_json(line)
+            expected_good.append(i)
+        except ValueError:
+            expected_bad.append(i)
+    assert len(res.calls) == len(expected_good)
+    assert [d.line for d in res.dead] == expected_bad
+    for d in res.dead:
+        assert d.raw == lines[d.line or 0] and d.reason
+
+
+def test_spend_spike_fires_once_and_resolves() -> None:
+    rules = ScopeRules(RuleConfig(min_spend_usd=Decimal("0.01")))
+    state: dict = {}
+    alerts = []
+    normal = [10_000_000_000 + (i % 5) * 1_000_000_000 for i in range(40)]  # ~$0.01 a minute
+    spikes = [200_000_000_000] * 10  # $0.20 a minute
+    for minute, spend in enumerate(normal + spikes + normal[:10]):
+        agg = Agg()
+        agg.spend, agg.calls = spend, 10
+        alerts += rules.close_minute("endpoint:svc/x", state, minute, agg)
+    assert [(a.status, a.rule) for a in alerts] == [
+        ("firing", "spend_spike"),
+        ("resolved", "spend_spike"),
+    ]
+    assert alerts[0].first_seen.timestamp() == 40 * 60  # the first spiking minute
+    assert alerts[1].window_start.timestamp() >= 50 * 60
+    assert alerts[0].alert_id == alerts[1].alert_id
