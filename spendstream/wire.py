@@ -79,11 +79,6 @@ def encode(events: Sequence[LLMCallEvent]) -> bytes:
     return b"\n".join(ev.to_json() for ev in events)
 
 
-def encode_serialized(lines: Sequence[bytes]) -> bytes:
-    """Join already-serialized events (no newline inside: JSON escapes it)."""
-    return b"\n".join(lines)
-
-
 def check_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
     """Return an error if the record declares a wire version this code cannot read."""
     for name, value in headers or ():

@@ -13,14 +13,13 @@ fraction of the cost. Prompt/response text is dropped from the enriched event un
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from ..events import EnrichedEvent, LLMCallEvent, TokenCounts, describe_error
 from . import tokens as tk
-from .prices import PICO, PriceBook, PriceRow, pico_to_usd
+from .prices import PriceBook, PriceRow, pico_to_usd
 from .windows import RecordAggregate
 
 
@@ -186,9 +185,4 @@ class Enricher:
         return res
 
 
-def usd_total(calls: Iterable[EnrichedCall]) -> int:
-    """Sum of call costs in picodollars (helper for tests and reports)."""
-    return sum(c.cost_pico for c in calls)
-
-
-__all__ = ["PICO", "DeadLetter", "EnrichedCall", "Enricher", "RecordResult", "final_tokens"]
+__all__ = ["DeadLetter", "EnrichedCall", "Enricher", "RecordResult", "final_tokens"]

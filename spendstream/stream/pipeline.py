@@ -23,7 +23,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Protocol
 
 from ..alerts import Alert, minute_dt
@@ -345,7 +344,3 @@ class Stage2:
     @staticmethod
     def _total(parts: dict[str, Any]) -> Agg:
         return total(Agg.from_dict(v["agg"]) for v in parts.values())
-
-
-def usd(pico: int) -> Decimal:
-    return pico_to_usd(pico)
