@@ -46,14 +46,19 @@ def day_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]
 
 
 def replay_through_worker(
-    stack: Settings, path: Path, expected_windows: int, speed_args: list[str], tmp: Path
+    stack: Settings,
+    path: Path,
+    expected_windows: int,
+    speed_args: list[str],
+    tmp: Path,
+    n_workers: int = 1,
 ) -> tuple[list[Any], dict[str, Any]]:
     """Replay the file into private topics with one worker running; return the alerts and
     the latest revision of every window once as many windows as expected have closed."""
     s, env = private_settings(stack, "day")
     alerts = TopicReader(s, s.topic_alerts)
     windows = TopicReader(s, s.topic_windows)
-    with workers(env, 1, tmp):
+    with workers(env, n_workers, tmp):
         r = subprocess.run(
             [
                 sys.executable,
