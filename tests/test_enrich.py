@@ -71,7 +71,7 @@ def test_every_line_is_enriched_or_dead_lettered_with_its_bytes(
     good = example_event().to_json()
     lines = [good if ok else g.replace(b"\n", b" ") for ok, g in items]
     value = b"\n".join(lines)
-    res = ENRICHER.process(value, offset=3)
+    res = ENRICHER.process(value)
     if not value:
         assert res.calls == []
         assert [(d.line, d.reason) for d in res.dead] == [(None, "empty record")]

@@ -151,7 +151,7 @@ def build_app(s: Settings) -> Any:
                     )
                     stats.dead += 1
                     continue
-                res = enricher.process(m.value, offset)
+                res = enricher.process(m.value)
                 for d in res.dead:
                     await dlq.send(
                         key=m.key,

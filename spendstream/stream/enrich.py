@@ -156,7 +156,7 @@ class Enricher:
         parts = row.cost_pico(toks) if row is not None else None
         return EnrichedCall(ev, toks, parts, row, raw)
 
-    def process(self, value: bytes | None, offset: int = 0) -> RecordResult:
+    def process(self, value: bytes | None) -> RecordResult:
         """One raw record: enrich every valid line, dead-letter the rest, aggregate."""
         res = RecordResult()
         if not value:
@@ -181,7 +181,7 @@ class Enricher:
                 )
                 continue
             res.calls.append(call)
-        res.aggregate.add_calls(res.calls, offset)
+        res.aggregate.add_calls(res.calls)
         return res
 
 

@@ -79,7 +79,7 @@ def run(
                 res.windows[w.key] = w
 
     for i, (p, value) in enumerate(records):
-        r = enricher.process(value, offsets[p])
+        r = enricher.process(value)
         s1.apply(p, offsets[p], r.aggregate)
         offsets[p] += 1
         res.dead += len(r.dead)

@@ -150,7 +150,7 @@ class RecordAggregate:
     max_ts: float = 0.0
     """Largest event time in the record (seconds): the partition's watermark candidate."""
 
-    def add_calls(self, calls: Iterable[EnrichedCall], offset: int = 0) -> None:
+    def add_calls(self, calls: Iterable[EnrichedCall]) -> None:
         sigs: dict[tuple[str, str, str, str, int], Agg] = {}
         max_ts = self.max_ts
         for c in calls:
