@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from ..events import EnrichedEvent, LLMCallEvent, TokenCounts, describe_error
 from . import tokens as tk
-from .prices import PriceBook, PriceRow, pico_to_usd
+from .prices import PriceBook, PriceRow, usd_str
 from .windows import RecordAggregate
 
 
@@ -33,12 +33,46 @@ class DeadLetter:
     """Index of the line in the record; None when the record itself is unreadable."""
 
 
+@dataclass(frozen=True, slots=True)
+class FinalTokens:
+    """Final token counts of one call, as :class:`TokenCounts` (the schema) holds them.
+
+    The per-event path builds these instead of the pydantic model (~0.5 µs vs ~5 µs); the
+    invariants TokenCounts checks hold by construction in :func:`final_tokens`.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return self.input_tokens - self.cache_read_tokens - self.cache_creation_tokens
+
+    @property
+    def non_reasoning_output_tokens(self) -> int:
+        return self.output_tokens - self.reasoning_tokens
+
+    def to_model(self) -> TokenCounts:
+        return TokenCounts(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_creation_tokens=self.cache_creation_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            estimated=self.estimated,
+        )
+
+
 @dataclass(slots=True)
 class EnrichedCall:
     """An event with final tokens and its cost in picodollars (None: price unknown)."""
 
     event: LLMCallEvent
-    tokens: TokenCounts
+    tokens: FinalTokens
     parts_pico: tuple[int, int, int, int, int] | None
     row: PriceRow | None
     raw: bytes
@@ -72,10 +106,14 @@ class EnrichedCall:
             return b'{"event":' + event_json + (',"tokens":' + tok + tail).encode()
         p = self.parts_pico
         version = f',"price_version":"{self.row.version}"' if self.row.version else ""
+        # zero cache and reasoning parts are left out (the schema's default is 0)
         cost = (
-            f'{{"input":"{pico_to_usd(p[0])}","cache_read":"{pico_to_usd(p[1])}",'
-            f'"cache_write":"{pico_to_usd(p[2])}","output":"{pico_to_usd(p[3])}",'
-            f'"reasoning":"{pico_to_usd(p[4])}","total":"{pico_to_usd(sum(p))}",'
+            f'{{"input":"{usd_str(p[0])}",'
+            + (f'"cache_read":"{usd_str(p[1])}",' if p[1] else "")
+            + (f'"cache_write":"{usd_str(p[2])}",' if p[2] else "")
+            + f'"output":"{usd_str(p[3])}",'
+            + (f'"reasoning":"{usd_str(p[4])}",' if p[4] else "")
+            + f'"total":"{usd_str(sum(p))}",'
             f'"currency":"USD","price_source":"{self.row.source}"{version}}}'
         )
         return (
@@ -91,7 +129,7 @@ class EnrichedCall:
         )
 
 
-def final_tokens(ev: LLMCallEvent) -> TokenCounts:
+def final_tokens(ev: LLMCallEvent) -> FinalTokens:
     """Provider-reported counts win; a missing count is estimated (or 0) and flagged."""
     u = ev.usage
     estimated = False
@@ -119,14 +157,7 @@ def final_tokens(ev: LLMCallEvent) -> TokenCounts:
                 ev.provider, ev.response_model or ev.request_model, ev.response_text
             )
         out = max(est, reasoning)
-    return TokenCounts(
-        input_tokens=inp,
-        output_tokens=out,
-        cache_read_tokens=cache_read,
-        cache_creation_tokens=cache_write,
-        reasoning_tokens=reasoning,
-        estimated=estimated,
-    )
+    return FinalTokens(inp, out, cache_read, cache_write, reasoning, estimated)
 
 
 @dataclass
@@ -134,6 +165,9 @@ class RecordResult:
     calls: list[EnrichedCall] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     aggregate: RecordAggregate = field(default_factory=RecordAggregate)
+
+
+_validate_json = LLMCallEvent.__pydantic_validator__.validate_json
 
 
 class Enricher:
@@ -159,6 +193,7 @@ class Enricher:
     def process(self, value: bytes | None) -> RecordResult:
         """One raw record: enrich every valid line, dead-letter the rest, aggregate."""
         res = RecordResult()
+        validate = _validate_json  # the schema's own validator, minus a wrapper call per line
         if not value:
             res.dead.append(DeadLetter(value or b"", "empty record", None))
             return res
@@ -166,7 +201,7 @@ class Enricher:
             if not line.strip():
                 continue
             try:
-                ev = LLMCallEvent.model_validate_json(line)
+                ev = validate(line)
             except ValidationError as exc:
                 res.dead.append(DeadLetter(line, describe_error(exc), i))
                 continue
@@ -185,4 +220,11 @@ class Enricher:
         return res
 
 
-__all__ = ["DeadLetter", "EnrichedCall", "Enricher", "RecordResult", "final_tokens"]
+__all__ = [
+    "DeadLetter",
+    "EnrichedCall",
+    "Enricher",
+    "FinalTokens",
+    "RecordResult",
+    "final_tokens",
+]

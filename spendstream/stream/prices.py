@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..events import Cost, TokenCounts
+from ..events import Cost
 
 PICO = 10**12
 _PICO_PER_TOKEN = Decimal(10**6)  # USD per MTok → picodollars per token
@@ -42,6 +42,38 @@ def pico_per_token(price_mtok: Decimal) -> int:
 def pico_to_usd(pico: int) -> Decimal:
     """Exact: picodollars → USD Decimal with 12 places."""
     return Decimal(pico).scaleb(-12).quantize(Decimal(1).scaleb(-12))
+
+
+def usd_str(pico: int) -> str:
+    """Exact: picodollars → USD as a decimal string with 12 places (``"0.000123000000"``).
+
+    Same value as ``pico_to_usd`` in a fifth of the time: the enriched stream writes six of
+    these per event.
+    """
+    if not pico:
+        return "0.000000000000"
+    if pico < 0:
+        return "-" + usd_str(-pico)
+    digits = str(pico).rjust(13, "0")
+    return digits[:-12] + "." + digits[-12:]
+
+
+class Tokens(Protocol):
+    """Final token counts as pricing reads them (:class:`~spendstream.events.TokenCounts`
+    or the stream's lighter :class:`~spendstream.stream.enrich.FinalTokens`)."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def cache_read_tokens(self) -> int: ...
+    @property
+    def cache_creation_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+    @property
+    def uncached_input_tokens(self) -> int: ...
+    @property
+    def non_reasoning_output_tokens(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +106,7 @@ class PriceRow:
                 return t
         return self.base
 
-    def cost_pico(self, tok: TokenCounts) -> tuple[int, int, int, int, int]:
+    def cost_pico(self, tok: Tokens) -> tuple[int, int, int, int, int]:
         """(input, cache_read, cache_write, output, reasoning) in picodollars, exact."""
         t = self.tier_for(tok.input_tokens)
         return (
@@ -85,7 +117,7 @@ class PriceRow:
             tok.reasoning_tokens * t.reasoning,
         )
 
-    def cost(self, tok: TokenCounts) -> Cost:
+    def cost(self, tok: Tokens) -> Cost:
         parts = self.cost_pico(tok)
         usd = [pico_to_usd(p) for p in parts]
         return Cost(

@@ -139,7 +139,12 @@ class Agg:
         return a
 
     def copy(self) -> Agg:
-        return Agg.from_dict(self.to_dict())
+        a = Agg.__new__(Agg)
+        a.spend, a.calls, a.errors = self.spend, self.calls, self.errors
+        a.inp, a.out, a.cr, a.cw, a.rs = self.inp, self.out, self.cr, self.cw, self.rs
+        a.unknown, a.est = self.unknown, self.est
+        a.models, a.pv, a.users = dict(self.models), dict(self.pv), dict(self.users)
+        return a
 
 
 @dataclass
@@ -151,27 +156,28 @@ class RecordAggregate:
     """Largest event time in the record (seconds): the partition's watermark candidate."""
 
     def add_calls(self, calls: Iterable[EnrichedCall]) -> None:
-        sigs: dict[tuple[str, str, str, str, int], Agg] = {}
+        # Signatures are raw field tuples; scope names are built once per signature.
+        sigs: dict[tuple[str, str, str, str, str | None, int], Agg] = {}
         max_ts = self.max_ts
         for c in calls:
             ev = c.event
             ts = ev.timestamp.timestamp()
             if ts > max_ts:
                 max_ts = ts
-            sig = (
-                endpoint_scope(ev.service, ev.endpoint),
-                f"model:{ev.provider}/{ev.request_model}",
-                f"service:{ev.service}",
-                f"team:{ev.team or '-'}",
-                int(ts // MINUTE),
-            )
+            sig = (ev.service, ev.endpoint, ev.provider, ev.request_model, ev.team, int(ts // 60))
             agg = sigs.get(sig)
             if agg is None:
                 agg = sigs[sig] = Agg()
             agg.add_call(c)
         self.max_ts = max_ts
-        for (ep, model, svc, team, minute), agg in sigs.items():
-            for scope in (ep, model, svc, team, "global:all"):
+        for (service, endpoint, provider, model, team, minute), agg in sigs.items():
+            for scope in (
+                endpoint_scope(service, endpoint),
+                f"model:{provider}/{model}",
+                f"service:{service}",
+                f"team:{team or '-'}",
+                "global:all",
+            ):
                 key = (scope, minute)
                 cur = self.by_key.get(key)
                 if cur is None:
