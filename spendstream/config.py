@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     """Closed minutes stay correctable this long; older events are left out of windows."""
     worker_batch_records: int = Field(50, ge=1)
     """Raw records a worker takes per batch (each record holds up to 100 events)."""
+    worker_session_timeout_s: float = Field(10.0, ge=6, le=300)
+    """How soon a worker that died without leaving (kill -9, lost host) is replaced."""
     tick_interval_s: float = Field(0.25, gt=0)
     idle_timeout_s: float = Field(5.0, gt=0)
     """A raw partition without records this long stops holding the watermark back."""

@@ -19,6 +19,7 @@ deduplicate by ``event_id`` (the PostgreSQL sink does, by primary key).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -28,7 +29,8 @@ from typing import Any
 from ..config import Settings
 from ..wire import check_headers
 from .enrich import Enricher
-from .pipeline import Snapshot, Stage1, Stage2, scope_partition
+from .offsets import OffsetGuard
+from .pipeline import Snapshot, Stage1, Stage2, WriteBuffer, scope_partition
 from .prices import PriceBook
 from .windows import RecordAggregate
 
@@ -97,6 +99,8 @@ def build_app(s: Settings) -> Any:
         web_enabled=False,
         processing_guarantee="at_least_once",
         broker_commit_interval=1.0,
+        broker_session_timeout=s.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.worker_session_timeout_s / 3),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         table_standby_replicas=0,
@@ -121,15 +125,26 @@ def build_app(s: Settings) -> Any:
     t2 = app.Table("stage2", partitions=s.stage2_partitions)
     enricher = Enricher(PriceBook.from_file(s.price_overrides_file))
     stage1 = Stage1(TableState(t1), s.window_retention_minutes)
+    t2_writes = WriteBuffer(t2)
     stage2 = Stage2(
-        t2, s.rule_config(), s.raw_partitions, s.allowed_lateness_s, s.window_retention_minutes
+        t2_writes,
+        s.rule_config(),
+        s.raw_partitions,
+        s.allowed_lateness_s,
+        s.window_retention_minutes,
     )
     stats = WorkerStats()
     end_seen: dict[int, tuple[int, float]] = {}
+    stalled: dict[int, tuple[int, float]] = {}
     known: set[int] = set()
     last_resync = [time.monotonic()]
     last_log = [0.0]
     app.spendstream_stats = stats  # type: ignore[attr-defined]
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(topic, partition), offset)
+
+    guard = OffsetGuard(seek)
 
     @app.agent(raw, name="stage1")
     async def stage1_agent(stream: Any) -> None:
@@ -138,9 +153,15 @@ def build_app(s: Settings) -> Any:
         # only after this loop body has run for it.
         async for batch in stream.take_events(s.worker_batch_records, within=0.05):
             applied: list[tuple[int, int, RecordAggregate]] = []
+            nxt: dict[int, int | None] = {}
             for event in batch:
                 m = event.message
                 p, offset = m.partition, m.offset
+                expected = nxt[p] if p in nxt else stage1.next_offset(p)
+                if not await guard.admit(s.topic_raw, p, offset, expected):
+                    nxt[p] = expected
+                    continue
+                nxt[p] = max(offset + 1, expected or 0)
                 stats.records += 1
                 bad_header = check_headers(m.headers)
                 if bad_header is not None:
@@ -150,6 +171,7 @@ def build_app(s: Settings) -> Any:
                         headers=_dlq_headers(s.topic_raw, p, offset, None, bad_header),
                     )
                     stats.dead += 1
+                    applied.append((p, offset, RecordAggregate()))  # handled: offset done
                     continue
                 res = enricher.process(m.value)
                 for d in res.dead:
@@ -229,6 +251,29 @@ def build_app(s: Settings) -> Any:
             # snapshot a watermark covers before it closes minutes with it
             for body in _chunks(by_q.get(q, []), reports):
                 await partials.send(value=body, partition=q)
+        for p in assigned:
+            await _reread_if_skipped(p, now)
+
+    async def _reread_if_skipped(p: int, now: float) -> None:
+        """The group's committed offset is past the state's next offset and the state has
+        not moved for a while: records were acked without being applied (Faust's gap acks,
+        then a restart) and no newer record arrives to show it. Re-read them."""
+        nxt = stage1.next_offset(p)
+        tp = TP(s.topic_raw, p)
+        committed = app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
+        if nxt is None or committed is None or committed <= nxt:
+            stalled.pop(p, None)
+            return
+        seen = stalled.get(p)
+        if seen is None or seen[0] != nxt:
+            stalled[p] = (nxt, now)
+        elif now - seen[1] >= 2.0:
+            stalled[p] = (nxt, now)
+            log.warning(
+                "%s[%d]: committed offset %d is past the applied state (next %d); re-reading",
+                s.topic_raw, p, committed, nxt,
+            )  # fmt: skip
+            await app.consumer.seek(tp, nxt)
 
     def _highwater(p: int) -> int | None:
         try:
@@ -263,17 +308,36 @@ def build_app(s: Settings) -> Any:
     @app.agent(partials, name="stage2")
     async def stage2_agent(stream: Any) -> None:
         async for event in stream.events():
-            q = event.message.partition
+            q, offset = event.message.partition, event.message.offset
+            done = t2_writes.get(f"o|{q}")
+            if not await guard.admit(
+                s.topic_partials, q, offset, None if done is None else done + 1
+            ):
+                continue
+            if done is not None and offset <= done:
+                continue  # applied and its outputs delivered before a restart
             msg = json.loads(event.message.value)
             snaps = [Snapshot(p, sc, mi, th, ag) for p, sc, mi, th, ag in msg["snaps"]]
+            delivered = []
             for fix in stage2.apply_snapshots(q, snaps):
-                await windows.send(key=fix.key.encode(), value=json.dumps(fix.to_dict()).encode())
+                delivered.append(
+                    await windows.send(
+                        key=fix.key.encode(), value=json.dumps(fix.to_dict()).encode()
+                    )
+                )
             stage2.set_watermarks(q, {int(p): (v[0], bool(v[1])) for p, v in msg["wm"].items()})
             res = stage2.close(q)
             for w in res.windows:
-                await windows.send(key=w.key.encode(), value=json.dumps(w.to_dict()).encode())
+                delivered.append(
+                    await windows.send(key=w.key.encode(), value=json.dumps(w.to_dict()).encode())
+                )
             for a in res.alerts:
-                await alerts.send(key=a.scope.encode(), value=a.to_json())
+                delivered.append(await alerts.send(key=a.scope.encode(), value=a.to_json()))
+            if delivered:
+                # outputs acknowledged by the broker before the state that implies them
+                await asyncio.gather(*delivered)
+            t2_writes[f"o|{q}"] = offset
+            t2_writes.commit()
             stats.windows_closed += len(res.windows)
             stats.alerts += len(res.alerts)
 

@@ -21,7 +21,7 @@ still enriched and priced).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,6 +118,11 @@ class Stage1:
         wm = self.t.get(f"{p}|wm")
         return None if wm is None else float(wm["ts"])
 
+    def next_offset(self, p: int) -> int | None:
+        """The raw offset to process next in partition ``p`` (None: no state yet)."""
+        wm = self.t.get(f"{p}|wm")
+        return None if wm is None else int(wm["thru"]) + 1
+
     def apply(self, p: int, offset: int, rec: RecordAggregate) -> None:
         self.apply_batch([(p, offset, rec)])
 
@@ -206,6 +211,62 @@ class Stage1:
                 self.t.delete(p, key)
                 gone += 1
         return gone
+
+
+_DELETED = object()
+
+
+class WriteBuffer(MutableMapping[str, Any]):
+    """Stage-2 state writes held back until the outputs they imply are delivered.
+
+    Closing a minute changes the state ("closed through minute m") and publishes the window
+    and alerts. If the state change reached the changelog and the worker died before the
+    window did, a restarted worker would never publish it. So the worker publishes, waits for
+    the broker's acknowledgement, and only then commits the writes; a crash in
+    between replays the partials and publishes again (windows are keyed, alerts carry a
+    stable id: repeats are harmless).
+    """
+
+    def __init__(self, table: State) -> None:
+        self.table = table
+        self.pending: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        v = self.pending.get(key, None)
+        if v is _DELETED:
+            raise KeyError(key)
+        if v is not None:
+            return v
+        return self.table[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.pending[key] = _DELETED
+
+    def __contains__(self, key: object) -> bool:
+        if key in self.pending:
+            return self.pending[key] is not _DELETED
+        return key in self.table
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set(self.pending)
+        yield from (k for k, v in self.pending.items() if v is not _DELETED)
+        yield from (k for k in self.table if k not in seen)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def commit(self) -> None:
+        for key, value in self.pending.items():
+            if value is _DELETED:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
+        self.pending.clear()
 
 
 @dataclass
