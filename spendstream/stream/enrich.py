@@ -76,6 +76,8 @@ class EnrichedCall:
     parts_pico: tuple[int, int, int, int, int] | None
     row: PriceRow | None
     raw: bytes
+    ts: float
+    """Event time, epoch seconds (computed once: pricing and windows both need it)."""
 
     @property
     def cost_pico(self) -> int:
@@ -176,19 +178,20 @@ class Enricher:
     def __init__(self, book: PriceBook | None = None) -> None:
         self.book = book or PriceBook()
 
-    def price(self, ev: LLMCallEvent) -> PriceRow | None:
-        ts = ev.timestamp
+    def price(self, ev: LLMCallEvent, seconds: float | None = None) -> PriceRow | None:
+        t = ev.timestamp.timestamp() if seconds is None else seconds
         if ev.response_model:
-            row = self.book.row(ev.provider, ev.response_model, ts)
+            row = self.book.row_at(ev.provider, ev.response_model, t)
             if row is not None:
                 return row
-        return self.book.row(ev.provider, ev.request_model, ts)
+        return self.book.row_at(ev.provider, ev.request_model, t)
 
     def enrich(self, ev: LLMCallEvent, raw: bytes) -> EnrichedCall:
         toks = final_tokens(ev)
-        row = self.price(ev)
+        t = ev.timestamp.timestamp()
+        row = self.price(ev, t)
         parts = row.cost_pico(toks) if row is not None else None
-        return EnrichedCall(ev, toks, parts, row, raw)
+        return EnrichedCall(ev, toks, parts, row, raw, t)
 
     def process(self, value: bytes | None) -> RecordResult:
         """One raw record: enrich every valid line, dead-letter the rest, aggregate."""

@@ -71,9 +71,7 @@ class Tokens(Protocol):
     @property
     def reasoning_tokens(self) -> int: ...
     @property
-    def uncached_input_tokens(self) -> int: ...
-    @property
-    def non_reasoning_output_tokens(self) -> int: ...
+    def output_tokens(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +106,15 @@ class PriceRow:
 
     def cost_pico(self, tok: Tokens) -> tuple[int, int, int, int, int]:
         """(input, cache_read, cache_write, output, reasoning) in picodollars, exact."""
-        t = self.tier_for(tok.input_tokens)
+        inp = tok.input_tokens
+        t = self.tier_for(inp) if self.tiers else self.base
+        cr, cw, rs = tok.cache_read_tokens, tok.cache_creation_tokens, tok.reasoning_tokens
         return (
-            tok.uncached_input_tokens * t.input + self.request_pico,
-            tok.cache_read_tokens * t.cache_read,
-            tok.cache_creation_tokens * t.cache_write,
-            tok.non_reasoning_output_tokens * t.output,
-            tok.reasoning_tokens * t.reasoning,
+            (inp - cr - cw) * t.input + self.request_pico,
+            cr * t.cache_read,
+            cw * t.cache_write,
+            (tok.output_tokens - rs) * t.output,
+            rs * t.reasoning,
         )
 
     def cost(self, tok: Tokens) -> Cost:
@@ -304,12 +304,30 @@ class PriceBook:
     overrides: Sequence[Override] = ()
     _cache: dict[tuple[str, str, int], PriceRow | None] = field(default_factory=dict)
     _tod: dict[tuple[str, str], bool] = field(default_factory=dict)
+    _hot: dict[tuple[str, str], tuple[int, int, PriceRow | None]] = field(default_factory=dict)
     lookups: int = 0
     """How many times a price was actually resolved (not served from the cache)."""
 
     @classmethod
     def from_file(cls, path: Path | None) -> PriceBook:
         return cls(load_overrides(path) if path else ())
+
+    def row(self, provider: str, model: str, ts: datetime) -> PriceRow | None:
+        """The price in force at ``ts`` (None: unknown model)."""
+        return self.row_at(provider, model, ts.timestamp())
+
+    def row_at(self, provider: str, model: str, seconds: float) -> PriceRow | None:
+        """:meth:`row` for an epoch time, the per-event path: one dict lookup while the
+        model's current slot (day, or 15 minutes for time-of-day prices) lasts."""
+        hot = self._hot.get((provider, model))
+        if hot is not None and hot[0] <= seconds < hot[1]:
+            return hot[2]
+        ts = datetime.fromtimestamp(seconds, UTC)
+        found = self._row(provider, model, ts)
+        start = self._slot(provider, model, ts) * 900
+        span = 900 if self._tod[(provider, model)] else 86400
+        self._hot[(provider, model)] = (start, start + span, found)
+        return found
 
     def _slot(self, provider: str, model: str, ts: datetime) -> int:
         tod = self._tod.get((provider, model))
@@ -318,7 +336,7 @@ class PriceBook:
         seconds = int(ts.timestamp())
         return seconds // 900 if tod else seconds // 86400 * 96  # 15-min slots, or the day
 
-    def row(self, provider: str, model: str, ts: datetime) -> PriceRow | None:
+    def _row(self, provider: str, model: str, ts: datetime) -> PriceRow | None:
         key = (provider, model, self._slot(provider, model, ts))
         try:
             return self._cache[key]

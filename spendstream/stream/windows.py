@@ -160,8 +160,7 @@ class RecordAggregate:
         sigs: dict[tuple[str, str, str, str, str | None, int], Agg] = {}
         max_ts = self.max_ts
         for c in calls:
-            ev = c.event
-            ts = ev.timestamp.timestamp()
+            ev, ts = c.event, c.ts
             if ts > max_ts:
                 max_ts = ts
             sig = (ev.service, ev.endpoint, ev.provider, ev.request_model, ev.team, int(ts // 60))
