@@ -151,6 +151,51 @@ def _worker(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _db(args: argparse.Namespace, s: Settings) -> int:
+    import asyncio
+
+    from .sinks.db import parse_age, prune
+    from .sinks.postgres import connect, migrate_db
+
+    if args.action == "migrate":
+        applied = asyncio.run(migrate_db(s))
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        return 0
+    if not args.older_than:
+        print("spendstream db prune: --older-than is required (e.g. 90d)", file=sys.stderr)
+        return 2
+    age = parse_age(args.older_than)
+
+    async def go() -> list[str]:
+        conn = await connect(s)
+        try:
+            return await prune(conn, age)
+        finally:
+            await conn.close()
+
+    dropped = asyncio.run(go())
+    print(f"dropped {len(dropped)} partitions" + (": " + ", ".join(dropped) if dropped else ""))
+    return 0
+
+
+def _sink(args: argparse.Namespace, s: Settings) -> int:
+    import asyncio
+    import signal
+
+    from .sinks.postgres import run
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        st = await run(s, group=args.group, stop=stop)
+        logging.getLogger("spendstream.sink").info("stopped: %s", st)
+
+    asyncio.run(go())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spendstream", description=__doc__)
     p.add_argument("--version", action="version", version=f"spendstream {__version__}")
@@ -213,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"]
     )
     wk.set_defaults(func=_worker)
+
+    db = sub.add_parser("db", help="PostgreSQL schema: apply migrations, drop old partitions")
+    db.add_argument("action", choices=["migrate", "prune"])
+    db.add_argument("--older-than", help="prune: drop days older than this (90d, 12h)")
+    db.set_defaults(func=_db)
+
+    sk = sub.add_parser("sink", help="run a sink consumer of the enriched topic")
+    sk.add_argument("target", choices=["postgres"])
+    sk.add_argument("--group", default="spendstream-sink-postgres", help="consumer group")
+    sk.set_defaults(func=_sink)
 
     dm = sub.add_parser("demo", help="the main job: stack up and events through the pipeline")
     dm.add_argument("--count", type=int, default=1000)

@@ -141,3 +141,44 @@ def latest_windows(reader: TopicReader) -> dict[str, dict[str, Any]]:
     for m in reader.records:
         out[m.key().decode()] = json.loads(m.value())
     return out
+
+
+@contextmanager
+def sink_process(env: dict[str, str], log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`spendstream sink postgres` as a subprocess (stopped with SIGTERM)."""
+    log = open(log_dir / f"sink-{env['SPENDSTREAM_WORKER_APP_ID']}.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendstream.cli", "sink", "postgres",
+         "--group", f"sink-{env['SPENDSTREAM_WORKER_APP_ID']}"],
+        env={**os.environ, **env, "SPENDSTREAM_LOG_LEVEL": "INFO"},
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def group_lag(s: Settings, group: str, topic: str) -> int:
+    """Records of ``topic`` not yet committed by ``group``."""
+    from confluent_kafka import TopicPartition
+
+    c = Consumer(s.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in parts]
+        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
+        lag = 0
+        for tp in tps:
+            end = c.get_watermark_offsets(tp, timeout=10)[1]
+            lag += end - max(committed.get(tp.partition, 0), 0)
+        return lag
+    finally:
+        c.close()

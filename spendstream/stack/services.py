@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import pwd
 import re
@@ -23,6 +24,8 @@ from string import Template
 
 from ..config import Settings
 from .process import ManagedProcess, Prerequisite, StackError, port_open
+
+log = logging.getLogger("spendstream.stack")
 
 INFRA_DIR = Path(__file__).resolve().parents[2] / "infra"
 
@@ -334,9 +337,15 @@ class Postgres(Service):
         return port_open(self.port) and postgres_select_one(self.s, database="postgres")
 
     def after_ready(self) -> None:
+        import asyncio
+
+        from ..sinks.postgres import migrate_db
         from .checks import postgres_ensure_database
 
         postgres_ensure_database(self.s)
+        applied = asyncio.run(migrate_db(self.s))  # `spendstream db migrate`, as the issue asks
+        if applied:
+            log.info("postgres: applied migrations %s", ", ".join(applied))
 
 
 class Redis(Service):

@@ -1,0 +1,341 @@
+"""PostgreSQL sink: the enriched topic → ``llm_calls`` (one row per call) and the rollups.
+
+Batching-sink contract (after quixstreams' ``BatchingSink``): :meth:`PostgresSink.add` collects
+rows, :meth:`PostgresSink.write` makes a batch durable, :meth:`PostgresSink.flush` writes what
+was added. A batch is COPY'd into a temporary table and moved with
+``INSERT … ON CONFLICT (event_id, ts) DO NOTHING`` in one transaction, so a redelivered event
+never makes a second row. :func:`run` commits Kafka offsets only after that transaction has
+committed; while PostgreSQL is unreachable it retries with backoff and stops consuming
+(back-pressure), so nothing is lost and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..config import Settings
+from ..events import EnrichedEvent
+from .db import ensure_partitions, migrate
+
+log = logging.getLogger("spendstream.sink")
+
+COLUMNS = (
+    "event_id",
+    "ts",
+    "service",
+    "endpoint",
+    "provider",
+    "request_model",
+    "response_model",
+    "operation",
+    "team",
+    "user_id",
+    "prompt_version",
+    "status",
+    "error_type",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "tokens_estimated",
+    "cost_usd",
+    "input_cost_usd",
+    "cache_read_cost_usd",
+    "cache_write_cost_usd",
+    "output_cost_usd",
+    "reasoning_cost_usd",
+    "price_unknown",
+    "price_source",
+    "latency_ms",
+    "ttft_ms",
+    "cache_hit",
+    "cache_kind",
+    "requested_model",
+    "routing_reason",
+    "tags",
+    "prompt_text",
+    "response_text",
+    "prompt_sha256",
+    "response_sha256",
+)
+Row = tuple[Any, ...]
+
+
+def _text(value: str | None, keep: bool, limit: int) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    return (value[:limit] if keep else None), digest
+
+
+def row_of(e: EnrichedEvent, keep_text: bool = False, text_limit: int = 4000) -> Row:
+    """The ``llm_calls`` row of an enriched event (text only when configured, truncated,
+    with its SHA-256 either way)."""
+    ev, t, c = e.event, e.tokens, e.cost
+    prompt, prompt_sha = _text(ev.prompt_text, keep_text, text_limit)
+    response, response_sha = _text(ev.response_text, keep_text, text_limit)
+    return (
+        ev.event_id,
+        ev.timestamp,
+        ev.service,
+        ev.endpoint,
+        ev.provider,
+        ev.request_model,
+        ev.response_model,
+        ev.operation.value,
+        ev.team,
+        ev.user_id,
+        ev.prompt_version,
+        ev.status.value,
+        ev.error_type,
+        t.input_tokens,
+        t.output_tokens,
+        t.cache_read_tokens,
+        t.cache_creation_tokens,
+        t.reasoning_tokens,
+        t.estimated,
+        c.total if c else None,
+        c.input if c else None,
+        c.cache_read if c else None,
+        c.cache_write if c else None,
+        c.output if c else None,
+        c.reasoning if c else None,
+        e.price_unknown,
+        c.price_source if c else None,
+        ev.latency_ms,
+        ev.ttft_ms,
+        ev.cache_hit,
+        ev.cache_kind.value if ev.cache_kind else None,
+        ev.requested_model,
+        ev.routing_reason,
+        json.dumps(ev.tags),
+        prompt,
+        response,
+        prompt_sha,
+        response_sha,
+    )
+
+
+@dataclass
+class PostgresSink:
+    """Idempotent batched writer of ``llm_calls`` rows over one asyncpg connection."""
+
+    conn: Any
+    rows: list[Row] = field(default_factory=list)
+    days: set[date] = field(default_factory=set)
+    """Days written since the last rollup refresh."""
+    _partitions: set[date] = field(default_factory=set)
+    written: int = 0
+    """Rows actually inserted (redelivered ones excluded)."""
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+
+    async def flush(self) -> int:
+        if not self.rows:
+            return 0
+        n = await self.write(self.rows)
+        self.rows = []
+        return n
+
+    async def write(self, batch: Sequence[Row]) -> int:
+        """Make ``batch`` durable; returns how many rows were new."""
+        days = {r[1].date() for r in batch}
+        new_days = days - self._partitions
+        if new_days:
+            await ensure_partitions(self.conn, new_days)
+            self._partitions |= new_days
+        async with self.conn.transaction():
+            await self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS llm_calls_in "
+                "(LIKE llm_calls INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            await self.conn.copy_records_to_table("llm_calls_in", records=batch, columns=COLUMNS)
+            status = await self.conn.execute(
+                f"INSERT INTO llm_calls ({', '.join(COLUMNS)}) "
+                f"SELECT {', '.join(COLUMNS)} FROM llm_calls_in "
+                "ON CONFLICT (event_id, ts) DO NOTHING"
+            )
+        inserted = int(status.rsplit(" ", 1)[1])
+        self.written += inserted
+        self.days |= days
+        return inserted
+
+    async def refresh_rollups(self) -> None:
+        """Rewrite the daily and hourly rollups of the days written since the last call."""
+        if not self.days:
+            return
+        days = sorted(self.days)
+        async with self.conn.transaction():
+            for day in days:
+                await self.conn.execute("DELETE FROM daily_llm_costs WHERE day = $1", day)
+                await self.conn.execute(
+                    """
+                    INSERT INTO daily_llm_costs
+                    SELECT $1::date, service, endpoint, request_model, count(*),
+                           sum(input_tokens), sum(output_tokens), sum(cache_read_tokens),
+                           coalesce(sum(cost_usd), 0), avg(latency_ms),
+                           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
+                    FROM llm_calls
+                    WHERE ts >= $1::date AND ts < $1::date + 1
+                    GROUP BY service, endpoint, request_model
+                    """,
+                    day,
+                )
+                await self.conn.execute(
+                    "DELETE FROM hourly_team_costs WHERE hour >= $1::date AND hour < $1::date + 1",
+                    day,
+                )
+                await self.conn.execute(
+                    """
+                    INSERT INTO hourly_team_costs
+                    SELECT date_trunc('hour', ts), coalesce(team, '-'), count(*),
+                           sum(input_tokens), sum(output_tokens), coalesce(sum(cost_usd), 0)
+                    FROM llm_calls
+                    WHERE ts >= $1::date AND ts < $1::date + 1
+                    GROUP BY 1, 2
+                    """,
+                    day,
+                )
+        self.days.clear()
+
+
+async def connect(s: Settings) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(s.postgres_dsn, timeout=10)
+
+
+async def migrate_db(s: Settings) -> list[str]:
+    conn = await connect(s)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class SinkStats:
+    records: int = 0
+    rows_seen: int = 0
+    rows_new: int = 0
+    bad_lines: int = 0
+    retries: int = 0
+
+
+async def run(
+    s: Settings,
+    *,
+    group: str = "spendstream-sink-postgres",
+    batch_rows: int = 5000,
+    batch_wait_s: float = 1.0,
+    rollup_every_s: float = 30.0,
+    stop: asyncio.Event | None = None,
+) -> SinkStats:
+    """Consume the enriched topic into PostgreSQL until ``stop`` is set."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import CommitFailedError
+
+    stop = stop or asyncio.Event()
+    stats = SinkStats()
+    consumer = AIOKafkaConsumer(
+        s.topic_enriched,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=3_600_000,  # a long PostgreSQL outage must not evict us
+        **s.aiokafka(),
+    )
+    await consumer.start()
+    conn = None
+    sink: PostgresSink | None = None
+    last_rollup = time.monotonic()
+    try:
+        while not stop.is_set():
+            got = await consumer.getmany(timeout_ms=int(batch_wait_s * 1000), max_records=500)
+            rows: list[Row] = []
+            for msgs in got.values():
+                for m in msgs:
+                    stats.records += 1
+                    for line in (m.value or b"").split(b"\n"):
+                        if not line.strip():
+                            continue
+                        try:
+                            e = EnrichedEvent.model_validate_json(line)
+                        except (ValidationError, ValueError) as exc:
+                            stats.bad_lines += 1
+                            log.error("unreadable enriched line at %s[%d]@%d: %s",
+                                      m.topic, m.partition, m.offset, exc)  # fmt: skip
+                            continue
+                        rows.append(row_of(e, s.keep_text))
+            if not rows and not got:
+                if sink is not None and time.monotonic() - last_rollup >= rollup_every_s:
+                    await sink.refresh_rollups()
+                    last_rollup = time.monotonic()
+                continue
+            delay = 0.5
+            while True:  # until durable: back-pressure, the consumer is not polled meanwhile
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await connect(s)
+                        await migrate(conn)
+                        sink = PostgresSink(conn, days=sink.days if sink else set())
+                    assert sink is not None
+                    for i in range(0, len(rows), batch_rows):
+                        stats.rows_new += await sink.write(rows[i : i + batch_rows])
+                    break
+                except Exception as exc:
+                    if not _is_connection_error(exc):
+                        raise
+                    stats.retries += 1
+                    log.warning("PostgreSQL unavailable (%s); retrying in %.1fs", exc, delay)
+                if conn is not None:
+                    conn.terminate()
+                    conn = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                if stop.is_set():
+                    return stats
+            stats.rows_seen += len(rows)
+            try:
+                await consumer.commit()
+            except CommitFailedError as exc:  # rows are in; a redelivery adds none
+                log.warning("offset commit failed after a rebalance: %s", exc)
+            if sink is not None and time.monotonic() - last_rollup >= rollup_every_s:
+                await sink.refresh_rollups()
+                last_rollup = time.monotonic()
+        if sink is not None:
+            await sink.refresh_rollups()
+    finally:
+        await consumer.stop()
+        if conn is not None:
+            await conn.close()
+    return stats
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import asyncpg
+
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.exceptions.OperatorInterventionError,
+    )
+
+
+__all__ = ["COLUMNS", "PostgresSink", "migrate_db", "row_of", "run"]

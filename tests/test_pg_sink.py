@@ -1,0 +1,140 @@
+"""The PostgreSQL sink on the real stack: one row per call, idempotent on redelivery, totals
+that agree with the windows, and migrations / retention."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from spendstream.config import Settings
+from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
+from spendstream.sinks.db import ensure_partitions, migrate, parse_age, prune
+from spendstream.stack.checks import postgres_ensure_database
+from spendstream.stream.prices import PICO
+from tests.stream_helpers import (
+    TopicReader,
+    group_lag,
+    latest_windows,
+    private_settings,
+    sink_process,
+    wait_for,
+    workers,
+)
+
+pytestmark = [pytest.mark.stack]
+
+
+def private_db(stack: Settings, name: str) -> tuple[Settings, dict[str, str]]:
+    db = f"t_{name}_{uuid.uuid4().hex[:8]}"
+    s, env = private_settings(stack, name, postgres_db=db, postgres_port=stack.postgres_port)
+    postgres_ensure_database(s)
+    return s, env
+
+
+def query(s: Settings, sql: str, *args: Any) -> Any:
+    async def go() -> Any:
+        conn = await asyncpg.connect(s.postgres_dsn)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_100k_events_become_100k_rows_and_a_replay_adds_none(
+    stack: Settings, tmp_path: Path
+) -> None:
+    events = list(SyntheticTraffic(TrafficConfig(seed=15, rate=60)).events(count=100_000))
+    path = tmp_path / "calls.jsonl"
+    path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
+    s, env = private_db(stack, "sink")
+    group = f"sink-{s.worker_app_id}"
+    windows = TopicReader(s, s.topic_windows)
+
+    def replay() -> None:
+        r = subprocess.run(
+            [sys.executable, "-m", "spendstream.cli", "replay", str(path), "--max-speed",
+             "--no-progress"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+
+    count = "SELECT count(*) FROM llm_calls"
+    last_minute = int(max(e.timestamp for e in events).timestamp() // 60)
+    minutes = len({int(e.timestamp.timestamp() // 60) for e in events})
+    with workers(env, 1, tmp_path), sink_process(env, tmp_path) as sink:
+        replay()
+        wait_for(lambda: query(s, count) == 100_000, 300, "100k rows")
+        wait_for(
+            lambda: (
+                sum(1 for k in latest_windows(windows) if k.startswith("global:all|"))
+                >= minutes - 1
+            ),  # the newest minute stays open
+            300,
+            "every closed global window",
+            every=lambda: windows.poll(0.5),
+        )
+        got = latest_windows(windows)
+        closed = {k for k in got if k.startswith("global:all|")}
+        assert all(int(k.rsplit("|", 1)[1]) < last_minute for k in closed)
+        cutoff = datetime.fromtimestamp(last_minute * 60, UTC)
+        stored = query(s, "SELECT sum(cost_usd) FROM llm_calls WHERE ts < $1", cutoff)
+        windowed = sum(got[k]["spend_pico"] for k in closed)
+        assert Decimal(stored) * PICO == windowed  # exact, not just to the cent
+        calls = sum(got[k]["calls"] for k in closed)
+        assert query(s, "SELECT count(*) FROM llm_calls WHERE ts < $1", cutoff) == calls
+
+        replay()  # the same events again: redelivered, never duplicated
+        wait_for(
+            lambda: group_lag(s, group, s.topic_enriched) == 0,
+            300,
+            "the sink to consume the replay",
+        )
+        assert sink.poll() is None
+    assert query(s, count) == 100_000
+    ids = {str(e.event_id) for e in events}
+    assert query(s, "SELECT count(DISTINCT event_id) FROM llm_calls") == len(ids) == 100_000
+    # rollups are refreshed from the rows (the sink refreshes them when it stops)
+    assert query(s, "SELECT sum(requests) FROM daily_llm_costs") == 100_000
+    assert query(s, "SELECT sum(cost_usd) FROM hourly_team_costs") == query(
+        s, "SELECT sum(cost_usd) FROM llm_calls"
+    )
+    windows.close()
+
+
+def test_migrations_are_recorded_and_prune_drops_whole_days(stack: Settings) -> None:
+    s, _ = private_db(stack, "prune")
+
+    async def go() -> tuple[list[str], list[str], list[str], int]:
+        conn = await asyncpg.connect(s.postgres_dsn)
+        try:
+            first = await migrate(conn)
+            again = await migrate(conn)
+            now = datetime(2026, 6, 30, 12, tzinfo=UTC)
+            days = {(now - timedelta(days=d)).date() for d in (0, 1, 89, 90, 91, 120)}
+            await ensure_partitions(conn, days)
+            dropped = await prune(conn, parse_age("90d"), now=now)
+            left = await conn.fetchval(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
+                "WHERE p.relname = 'llm_calls'"
+            )
+            return first, again, dropped, left
+        finally:
+            await conn.close()
+
+    first, again, dropped, left = asyncio.run(go())
+    assert first == ["0001_calls.sql"] and again == []
+    assert dropped == ["llm_calls_20260302", "llm_calls_20260331"]  # 120 and 91 days back
+    assert left == 4
