@@ -178,6 +178,39 @@ def _db(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, s: Settings) -> int:
+    import asyncio
+
+    from .sinks.db import parse_age
+    from .sinks.postgres import connect
+    from .sinks.report import report, to_csv, to_table
+
+    def when(text: str | None, default: datetime) -> datetime:
+        if text is None:
+            return default
+        try:
+            return datetime.now(UTC) - parse_age(text)
+        except ValueError:
+            return _start_time(text)
+
+    now = datetime.now(UTC)
+    since, until = when(args.since, now), when(args.until, now)
+
+    async def go() -> str:
+        conn = await connect(s)
+        try:
+            rows = await report(conn, since, until, args.by)
+        finally:
+            await conn.close()
+        if args.csv:
+            return to_csv(rows)
+        head = f"calls from {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC by {args.by}"
+        return head + "\n" + to_table(rows, args.by)
+
+    print(asyncio.run(go()), end="" if args.csv else "\n")
+    return 0
+
+
 def _sink(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import signal
@@ -263,6 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["migrate", "prune"])
     db.add_argument("--older-than", help="prune: drop days older than this (90d, 12h)")
     db.set_defaults(func=_db)
+
+    rpt = sub.add_parser("report", help="spend by endpoint, model, team, user or prompt version")
+    rpt.add_argument("--since", default="24h", help="24h, 7d, or an ISO time (default 24h)")
+    rpt.add_argument("--until", help="same forms; default now")
+    rpt.add_argument(
+        "--by",
+        default="endpoint",
+        choices=["endpoint", "model", "team", "user", "prompt_version", "service"],
+    )
+    rpt.add_argument("--csv", action="store_true", help="CSV for export")
+    rpt.set_defaults(func=_report)
 
     sk = sub.add_parser("sink", help="run a sink consumer of the enriched topic")
     sk.add_argument("target", choices=["postgres"])

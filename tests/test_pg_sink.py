@@ -184,3 +184,47 @@ def test_postgres_down_for_60s_mid_stream_loses_nothing(stack: Settings, tmp_pat
     assert query(s, "SELECT count(DISTINCT event_id) FROM llm_calls") == 40_000
     log = next(tmp_path.glob("sink-*.log")).read_bytes()
     assert b"PostgreSQL unavailable" in log
+
+
+def test_report_groups_costs_shares_and_p95_from_the_rows(stack: Settings) -> None:
+    from spendstream.events import Cost, EnrichedEvent, TokenCounts, example_event
+    from spendstream.sinks.postgres import PostgresSink, row_of
+    from spendstream.sinks.report import report, to_csv
+
+    s, _ = migrated_db(stack, "report")
+    t0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
+
+    def call(endpoint: str, team: str, usd: str, latency: float, minute: int) -> EnrichedEvent:
+        ev = example_event(
+            endpoint=endpoint, team=team, latency_ms=latency,
+            timestamp=t0 + timedelta(minutes=minute), event_id=uuid.uuid4(),
+        )  # fmt: skip
+        cost = Cost(input=Decimal(usd), output=Decimal(0), total=Decimal(usd), price_source="t")
+        return EnrichedEvent(
+            event=ev, tokens=TokenCounts(input_tokens=100, output_tokens=10), cost=cost
+        )
+
+    calls = [call("/a", "x", "0.30", 100.0 * (i + 1), i) for i in range(20)]  # 6.00
+    calls += [call("/b", "y", "2.00", 50.0, 30), call("/b", "y", "2.00", 70.0, 31)]  # 4.00
+    calls += [call("/c", "x", "1.00", 10.0, 90)]  # outside the hour asked for
+
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(s.postgres_dsn)
+        try:
+            sink = PostgresSink(conn)
+            assert await sink.write([row_of(c) for c in calls]) == len(calls)
+            return await report(conn, t0, t0 + timedelta(hours=1), "endpoint")
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(go())
+    svc = calls[0].event.service
+    assert [(r.key, r.cost_usd, r.calls) for r in rows] == [
+        (f"{svc}/a", Decimal("6.000000000000"), 20),
+        (f"{svc}/b", Decimal("4.000000000000"), 2),
+    ]
+    assert [r.share for r in rows] == [0.6, 0.4]
+    # p95 of 100..2000 ms (linear interpolation, as percentile_cont): 1905
+    assert rows[0].p95_latency_ms == pytest.approx(1905.0)
+    assert rows[1].p95_latency_ms == pytest.approx(69.0)
+    assert to_csv(rows).splitlines()[1].startswith(f"{svc}/a,6.000000000000,20,2000,200,")
