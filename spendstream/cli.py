@@ -211,6 +211,29 @@ def _report(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _alerts(args: argparse.Namespace, s: Settings) -> int:
+    import asyncio
+    import signal
+
+    from .sinks.alert_relay import relay, tail
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if args.action == "tail":
+            await tail(s, args.json, args.from_beginning, stop)
+            return
+        if not args.webhook:
+            raise SystemExit("spendstream alerts relay: --webhook URL is required")
+        st = await relay(s, args.webhook, fmt=args.format, group=args.group, stop=stop)
+        logging.getLogger("spendstream.alerts").info("stopped: %s", st)
+
+    asyncio.run(go())
+    return 0
+
+
 def _sink(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import signal
@@ -307,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rpt.add_argument("--csv", action="store_true", help="CSV for export")
     rpt.set_defaults(func=_report)
+
+    al = sub.add_parser("alerts", help="print alerts, or relay them to a webhook")
+    al.add_argument("action", choices=["tail", "relay"])
+    al.add_argument("--json", action="store_true", help="tail: one JSON alert per line")
+    al.add_argument("--from-beginning", action="store_true", help="tail: from the oldest alert")
+    al.add_argument("--webhook", help="relay: POST each alert to this URL")
+    al.add_argument("--format", choices=["json", "slack"], default="json", help="relay body")
+    al.add_argument("--group", default="spendstream-alert-relay", help="relay consumer group")
+    al.set_defaults(func=_alerts)
 
     sk = sub.add_parser("sink", help="run a sink consumer of the enriched topic")
     sk.add_argument("target", choices=["postgres"])
