@@ -27,6 +27,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..config import Settings
+from ..sinks.metrics import PipelineMetrics, serve
 from ..wire import check_headers
 from .enrich import Enricher
 from .offsets import OffsetGuard
@@ -145,6 +146,9 @@ def build_app(s: Settings) -> Any:
         await app.consumer.seek(TP(topic, partition), offset)
 
     guard = OffsetGuard(seek)
+    lag: dict[int, int] = {}
+    metrics = PipelineMetrics(lambda: dict(lag))
+    app.spendstream_metrics = metrics  # type: ignore[attr-defined]
 
     @app.agent(raw, name="stage1")
     async def stage1_agent(stream: Any) -> None:
@@ -154,6 +158,7 @@ def build_app(s: Settings) -> Any:
         async for batch in stream.take_events(s.worker_batch_records, within=0.05):
             applied: list[tuple[int, int, RecordAggregate]] = []
             nxt: dict[int, int | None] = {}
+            batch_calls: list[Any] = []
             for event in batch:
                 m = event.message
                 p, offset = m.partition, m.offset
@@ -182,6 +187,7 @@ def build_app(s: Settings) -> Any:
                     )
                 stats.dead += len(res.dead)
                 if res.calls:
+                    batch_calls.extend(res.calls)
                     stats.events += len(res.calls)
                     stats.price_unknown += sum(1 for c in res.calls if c.parts_pico is None)
                     await enriched.send(
@@ -192,6 +198,9 @@ def build_app(s: Settings) -> Any:
                 applied.append((p, offset, res.aggregate))
             stage1.apply_batch(applied)
             stats.late_dropped = stage1.late_dropped
+            metrics.add_calls(batch_calls)  # metrics per batch, never per event
+            metrics.dead_letters = stats.dead
+            metrics.late_dropped = stats.late_dropped
             stats.batches += 1
             if stats.batches % 200 == 0:
                 for p in {p for p, _, _ in applied}:
@@ -231,6 +240,11 @@ def build_app(s: Settings) -> Any:
                     [sn.partition, sn.scope, sn.minute, sn.thru, sn.agg]
                 )
             reports[p] = [stage1.watermark(p), _idle(p, hws[p], now)]
+            hw, nx = hws[p], stage1.next_offset(p)
+            if hw is not None:
+                lag[p] = max(0, hw - (nx or 0))
+        for p in [p for p in lag if p not in assigned]:
+            del lag[p]
         known.clear()
         known.update(assigned)
         if now - last_log[0] >= 10:
@@ -419,5 +433,10 @@ def run_worker(s: Settings, loglevel: str = "warn") -> None:
     ensure_topics(s)
     ensure_topics(s, changelog_topics(s))
     app = build_app(s)
+    try:
+        port = serve(app.spendstream_metrics, s.metrics_port, s.metrics_targets)
+        log.info("metrics on :%d/metrics", port)
+    except OSError as exc:  # metrics are not worth refusing to process events
+        log.warning("no metrics endpoint: %s", exc)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
