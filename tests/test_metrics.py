@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import urllib.request
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from spendstream.config import Settings
 from spendstream.events import EnrichedEvent
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
-from tests.stream_helpers import TopicReader, private_settings, wait_for, workers
+from spendstream.sinks.live import LiveSpend
+from spendstream.stream.prices import pico_to_usd
+from tests.stream_helpers import TopicReader, latest_windows, private_settings, wait_for, workers
 
 pytestmark = [pytest.mark.stack]
 
@@ -32,6 +35,7 @@ def test_worker_metrics_match_the_enriched_events(stack: Settings, tmp_path: Pat
     path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
     s, env = private_settings(stack, "metrics")
     enriched = TopicReader(s, s.topic_enriched)
+    windows = TopicReader(s, s.topic_windows)
     with workers(env, 1, tmp_path):
         r = subprocess.run(
             [sys.executable, "-m", "spendstream.cli", "replay", str(path), "--max-speed",
@@ -70,7 +74,35 @@ def test_worker_metrics_match_the_enriched_events(stack: Settings, tmp_path: Pat
             "the metrics to count every call",
         )
         text = scrape()
+        minutes = {int(e.timestamp.timestamp() // 60) for e in events}
+        wait_for(
+            lambda: (
+                sum(1 for k in latest_windows(windows) if k.startswith("global:all|"))
+                >= len(minutes) - 1
+            ),
+            120,
+            "the closed minutes",
+            every=lambda: windows.poll(0.5),
+        )
     enriched.close()
+    windows.close()
+
+    # live spend in Redis: each team's hour and day so far, equal to its closed windows
+    got = latest_windows(windows)
+    live = LiveSpend(s.redis_url)
+    teams = {k.split("|")[0] for k in got if k.startswith("team:")}
+    assert teams
+    for team in teams:
+        last = max(int(k.split("|")[1]) for k in got if k.startswith(team + "|"))
+        at = datetime.fromtimestamp(last * 60, UTC)
+        hour = sum(
+            v["spend_pico"]
+            for k, v in got.items()
+            if k.startswith(team + "|") and int(k.split("|")[1]) // 60 == last // 60
+        )
+        day = sum(v["spend_pico"] for k, v in got.items() if k.startswith(team + "|"))
+        assert live.spend(team, at) == (pico_to_usd(hour), pico_to_usd(day))
+    live.close()
     assert value(text, "spendstream_llm_requests_total") == len(lines) == 5_000
     cost = sum((e.cost.total for e in lines if e.cost), Decimal(0))
     assert abs(Decimal(str(value(text, "spendstream_llm_cost_usd_total"))) - cost) < Decimal(

@@ -27,6 +27,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..config import Settings
+from ..sinks.live import LiveSpendWriter
 from ..sinks.metrics import PipelineMetrics, serve
 from ..wire import check_headers
 from .enrich import Enricher
@@ -127,6 +128,7 @@ def build_app(s: Settings) -> Any:
     enricher = Enricher(PriceBook.from_file(s.price_overrides_file))
     stage1 = Stage1(TableState(t1), s.window_retention_minutes)
     t2_writes = WriteBuffer(t2)
+    live = LiveSpendWriter(s.redis_url)
     stage2 = Stage2(
         t2_writes,
         s.rule_config(),
@@ -350,6 +352,8 @@ def build_app(s: Settings) -> Any:
             if delivered:
                 # outputs acknowledged by the broker before the state that implies them
                 await asyncio.gather(*delivered)
+            if res.windows:
+                await live.update(res.windows)
             t2_writes[f"o|{q}"] = offset
             t2_writes.commit()
             stats.windows_closed += len(res.windows)
