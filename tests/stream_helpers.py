@@ -182,3 +182,15 @@ def group_lag(s: Settings, group: str, topic: str) -> int:
         return lag
     finally:
         c.close()
+
+
+def prom_query(s: Settings, expr: str) -> list[Any]:
+    """An instant query to the stack's Prometheus; the result vector."""
+    import urllib.parse
+    import urllib.request
+
+    url = f"{s.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])

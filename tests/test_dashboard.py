@@ -7,17 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from spendstream.config import Settings
 from spendstream.events import example_event
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
-from tests.stream_helpers import private_settings, wait_for, workers
+from tests.stream_helpers import private_settings, prom_query, wait_for, workers
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -27,14 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def panel_queries() -> list[tuple[str, str]]:
     dash = json.loads((ROOT / "grafana" / "spendstream.json").read_text())
     return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
-
-
-def prom_query(s: Settings, expr: str) -> list[Any]:
-    url = f"{s.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        body = json.loads(resp.read())
-    assert body["status"] == "success", body
-    return list(body["data"]["result"])
 
 
 def test_the_committed_dashboard_is_what_the_builder_writes() -> None:

@@ -28,6 +28,7 @@ from tests.stream_helpers import (
     group_lag,
     latest_windows,
     private_settings,
+    prom_query,
     sink_process,
     wait_for,
     workers,
@@ -104,6 +105,18 @@ def test_100k_events_become_100k_rows_and_a_replay_adds_none(
         assert Decimal(stored) * PICO == windowed  # exact, not just to the cent
         calls = sum(got[k]["calls"] for k in closed)
         assert query(s, "SELECT count(*) FROM llm_calls WHERE ts < $1", cutoff) == calls
+        # ... and the Prometheus counters, as the real Prometheus scraped them from the worker
+        total = Decimal(query(s, "SELECT sum(cost_usd) FROM llm_calls"))
+        prom: dict[str, float] = {}
+
+        def scraped() -> bool:
+            for name in ("spendstream_llm_requests_total", "spendstream_llm_cost_usd_total"):
+                res = prom_query(s, f"sum({name})")
+                prom[name] = float(res[0]["value"][1]) if res else -1.0
+            return prom["spendstream_llm_requests_total"] == 100_000
+
+        wait_for(scraped, 60, "Prometheus to scrape every call")
+        assert abs(Decimal(str(prom["spendstream_llm_cost_usd_total"])) - total) < Decimal("0.005")
 
         replay()  # the same events again: redelivered, never duplicated
         wait_for(
