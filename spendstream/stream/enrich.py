@@ -48,14 +48,6 @@ class FinalTokens:
     reasoning_tokens: int = 0
     estimated: bool = False
 
-    @property
-    def uncached_input_tokens(self) -> int:
-        return self.input_tokens - self.cache_read_tokens - self.cache_creation_tokens
-
-    @property
-    def non_reasoning_output_tokens(self) -> int:
-        return self.output_tokens - self.reasoning_tokens
-
     def to_model(self) -> TokenCounts:
         return TokenCounts(
             input_tokens=self.input_tokens,
