@@ -194,3 +194,20 @@ def prom_query(s: Settings, expr: str) -> list[Any]:
         body = json.loads(resp.read())
     assert body["status"] == "success", body
     return list(body["data"]["result"])
+
+
+def start_replay(env: dict[str, str], path: Path, *speed: str) -> subprocess.Popen[bytes]:
+    """`spendstream replay FILE SPEED…` in the background (e.g. ``"--speed", "120"``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "spendstream.cli", "replay", str(path), *speed, "--no-progress"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def replay(env: dict[str, str], path: Path, *speed: str, timeout: float = 600) -> None:
+    """Replay ``path`` to completion (default ``--max-speed``); fails the test on an error."""
+    proc = start_replay(env, path, *(speed or ("--max-speed",)))
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err.decode(errors="replace")

@@ -4,8 +4,6 @@ worker — a panel with a broken query fails the build."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 from spendstream.config import Settings
 from spendstream.events import example_event
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
-from tests.stream_helpers import private_settings, prom_query, wait_for, workers
+from tests.stream_helpers import private_settings, prom_query, replay, wait_for, workers
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -49,12 +47,7 @@ def test_every_panel_query_returns_data(stack: Settings, tmp_path: Path) -> None
     queries = panel_queries()
     assert len(queries) >= 15
     with workers(env, 1, tmp_path):
-        r = subprocess.run(
-            [sys.executable, "-m", "spendstream.cli", "replay", str(path),
-             "--speed", str(span / 30), "--no-progress"],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
+        replay(env, path, "--speed", str(span / 30))
         empty: list[str] = []
 
         def all_have_data() -> bool:

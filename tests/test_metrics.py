@@ -3,10 +3,8 @@ labels stay bounded, and promtool accepts the exposition."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,7 +18,14 @@ from spendstream.events import EnrichedEvent
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
 from spendstream.sinks.live import LiveSpend
 from spendstream.stream.prices import pico_to_usd
-from tests.stream_helpers import TopicReader, latest_windows, private_settings, wait_for, workers
+from tests.stream_helpers import (
+    TopicReader,
+    latest_windows,
+    private_settings,
+    replay,
+    wait_for,
+    workers,
+)
 
 pytestmark = [pytest.mark.stack]
 
@@ -37,12 +42,7 @@ def test_worker_metrics_match_the_enriched_events(stack: Settings, tmp_path: Pat
     enriched = TopicReader(s, s.topic_enriched)
     windows = TopicReader(s, s.topic_windows)
     with workers(env, 1, tmp_path):
-        r = subprocess.run(
-            [sys.executable, "-m", "spendstream.cli", "replay", str(path), "--max-speed",
-             "--no-progress"],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
+        replay(env, path)
         lines: list[EnrichedEvent] = []
 
         def read() -> None:

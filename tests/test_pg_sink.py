@@ -4,9 +4,6 @@ that agree with the windows, and migrations / retention."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -29,7 +26,9 @@ from tests.stream_helpers import (
     latest_windows,
     private_settings,
     prom_query,
+    replay,
     sink_process,
+    start_replay,
     wait_for,
     workers,
 )
@@ -73,19 +72,11 @@ def test_100k_events_become_100k_rows_and_a_replay_adds_none(
     group = f"sink-{s.worker_app_id}"
     windows = TopicReader(s, s.topic_windows)
 
-    def replay() -> None:
-        r = subprocess.run(
-            [sys.executable, "-m", "spendstream.cli", "replay", str(path), "--max-speed",
-             "--no-progress"],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-
     count = "SELECT count(*) FROM llm_calls"
     last_minute = int(max(e.timestamp for e in events).timestamp() // 60)
     minutes = len({int(e.timestamp.timestamp() // 60) for e in events})
     with workers(env, 1, tmp_path), sink_process(env, tmp_path) as sink:
-        replay()
+        replay(env, path)
         wait_for(lambda: query(s, count) == 100_000, 300, "100k rows")
         wait_for(
             lambda: (
@@ -118,7 +109,7 @@ def test_100k_events_become_100k_rows_and_a_replay_adds_none(
         wait_for(scraped, 60, "Prometheus to scrape every call")
         assert abs(Decimal(str(prom["spendstream_llm_cost_usd_total"])) - total) < Decimal("0.005")
 
-        replay()  # the same events again: redelivered, never duplicated
+        replay(env, path)  # the same events again: redelivered, never duplicated
         wait_for(
             lambda: group_lag(s, group, s.topic_enriched) == 0,
             300,
@@ -173,11 +164,7 @@ def test_postgres_down_for_60s_mid_stream_loses_nothing(stack: Settings, tmp_pat
     s, env = migrated_db(stack, "pgdown")
     count = "SELECT count(*) FROM llm_calls"
     with workers(env, 1, tmp_path), sink_process(env, tmp_path) as sink:
-        replay = subprocess.Popen(
-            [sys.executable, "-m", "spendstream.cli", "replay", str(path),
-             "--speed", str(span / 40), "--no-progress"],
-            env={**os.environ, **env},
-        )  # fmt: skip
+        feed = start_replay(env, path, "--speed", str(span / 40))
         try:
             wait_for(lambda: (query(s, count) or 0) > 1_000, 120, "the first rows")
             local_stack.down(stack, ["postgres"])
@@ -189,7 +176,7 @@ def test_postgres_down_for_60s_mid_stream_loses_nothing(stack: Settings, tmp_pat
         finally:
             if not all(st.ready for st in local_stack.status(stack, ["postgres"])):
                 local_stack.up(stack, ["postgres"])
-        assert replay.wait(300) == 0
+        assert feed.wait(300) == 0
         wait_for(lambda: query(s, count) == 40_000, 300, "40k rows after the outage")
         wait_for(lambda: group_lag(s, f"sink-{s.worker_app_id}", s.topic_enriched) == 0,
                  120, "the sink to commit everything")  # fmt: skip

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +23,8 @@ from tests.stream_helpers import (
     TopicReader,
     latest_windows,
     private_settings,
+    replay,
+    start_replay,
     wait_for,
     workers,
 )
@@ -37,6 +37,14 @@ def totals(windows: dict[str, Any]) -> dict[str, tuple[int, int, int, int]]:
         k: (v["spend_pico"], v["calls"], v["input_tokens"], v["output_tokens"])
         for k, v in windows.items()
     }
+
+
+def differences(got: dict[str, Any], expected: dict[str, Any]) -> tuple[list[str], ...]:
+    """(missing, unexpected, different) window keys, the first five of each."""
+    missing = sorted(set(expected) - set(got))[:5]
+    extra = sorted(set(got) - set(expected))[:5]
+    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])[:5]
+    return missing, extra, wrong
 
 
 def offline_totals(events: list[Any]) -> dict[str, tuple[int, int, int, int]]:
@@ -53,24 +61,12 @@ def test_second_worker_joining_mid_replay_changes_no_total(stack: Settings, tmp_
     s, env = private_settings(stack, "join")
     windows = TopicReader(s, s.topic_windows)
     with workers(env, 1, tmp_path) as procs:
-        replay = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "spendstream.cli",
-                "replay",
-                str(path),
-                "--speed",
-                "3600",
-                "--no-progress",
-            ],
-            env={**os.environ, **env},
-        )
+        feed = start_replay(env, path, "--speed", "3600")
         wait_for(
             lambda: windows.poll(0.5) >= 0 and len(windows.records) > 200, 120, "the first windows"
         )
         procs.append(procs.start(1))  # a second worker joins: partitions are rebalanced
-        assert replay.wait(300) == 0
+        assert feed.wait(300) == 0
         wait_for(
             lambda: len(latest_windows(windows)) >= len(expected),
             300,
@@ -80,10 +76,7 @@ def test_second_worker_joining_mid_replay_changes_no_total(stack: Settings, tmp_
         windows.poll(2.0)
     got = totals(latest_windows(windows))
     windows.close()
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-    assert (missing, extra, wrong) == ([], [], [])
+    assert differences(got, expected) == ([], [], [])
 
 
 def test_kill_9_three_times_with_two_workers_keeps_every_total_exact(
@@ -99,19 +92,7 @@ def test_kill_9_three_times_with_two_workers_keeps_every_total_exact(
     windows = TopicReader(s, s.topic_windows)
     kills = 0
     with workers(env, 2, tmp_path) as procs:
-        replay = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "spendstream.cli",
-                "replay",
-                str(path),
-                "--speed",
-                str(span / 60),
-                "--no-progress",
-            ],
-            env={**os.environ, **env},
-        )
+        feed = start_replay(env, path, "--speed", str(span / 60))
         started = time.monotonic()
         for at in (12, 27, 42):  # seconds into the ~60 s stream
             wait_for(
@@ -125,7 +106,7 @@ def test_kill_9_three_times_with_two_workers_keeps_every_total_exact(
             victim.wait()
             kills += 1
             procs.append(procs.start(len(procs)))  # a replacement: two workers again
-        assert replay.wait(300) == 0
+        assert feed.wait(300) == 0
         wait_for(
             lambda: len(latest_windows(windows)) >= len(expected),
             400,
@@ -137,11 +118,7 @@ def test_kill_9_three_times_with_two_workers_keeps_every_total_exact(
     got = totals(latest_windows(windows))
     windows.close()
     assert kills == 3
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-    assert (missing[:5], extra[:5], wrong[:5]) == ([], [], [])
-    assert got == expected
+    assert differences(got, expected) == ([], [], [])
 
 
 def test_committed_offsets_ahead_of_the_state_are_reread(stack: Settings, tmp_path: Path) -> None:
@@ -159,24 +136,16 @@ def test_committed_offsets_ahead_of_the_state_are_reread(stack: Settings, tmp_pa
     a.write_bytes(b"".join(e.to_json() + b"\n" for e in first))
     b.write_bytes(b"".join(e.to_json() + b"\n" for e in second))
 
-    def replay(path: Path) -> None:
-        r = subprocess.run(
-            [sys.executable, "-m", "spendstream.cli", "replay", str(path), "--max-speed",
-             "--no-progress"],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-
     first_only = offline_totals(first)
     with workers(env, 1, tmp_path):
-        replay(a)
+        replay(env, a)
         wait_for(
             lambda: len(latest_windows(windows)) >= len(first_only),
             300,
             "the first half's windows",
             every=lambda: windows.poll(0.5),
         )
-    replay(b)
+    replay(env, b)
     c = Consumer(s.librdkafka(**{"group.id": s.worker_app_id, "enable.auto.commit": False}))
     ends = [
         TopicPartition(s.topic_raw, p, c.get_watermark_offsets(TopicPartition(s.topic_raw, p))[1])

@@ -3,9 +3,6 @@ in-process computation."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from tests.stream_helpers import (
     alerts_of,
     latest_windows,
     private_settings,
+    replay,
     wait_for,
     workers,
 )
@@ -59,22 +57,7 @@ def replay_through_worker(
     alerts = TopicReader(s, s.topic_alerts)
     windows = TopicReader(s, s.topic_windows)
     with workers(env, n_workers, tmp):
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "spendstream.cli",
-                "replay",
-                str(path),
-                *speed_args,
-                "--no-progress",
-            ],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 0, r.stderr
+        replay(env, path, *speed_args)
         wait_for(
             lambda: len(latest_windows(windows)) >= expected_windows,
             400,
