@@ -147,7 +147,31 @@ def build_app(s: Settings) -> Any:
     async def seek(topic: str, partition: int, offset: int) -> None:
         await app.consumer.seek(TP(topic, partition), offset)
 
-    guard = OffsetGuard(seek)
+    def probe_sync(topic: str, partition: int, offset: int) -> int | None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer(
+            s.librdkafka(**{"group.id": f"{s.worker_app_id}-probe", "enable.auto.commit": False})
+        )
+        try:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if offset < low:
+                return int(low)  # deleted by retention
+            if offset >= high:
+                return None
+            c.assign([TopicPartition(topic, partition, offset)])
+            for m in c.consume(1, 10.0):
+                found = m.offset()
+                if m.error() is None and found is not None:
+                    return found  # control records (markers) are skipped
+            return None
+        finally:
+            c.close()
+
+    async def probe(topic: str, partition: int, offset: int) -> int | None:
+        return await asyncio.to_thread(probe_sync, topic, partition, offset)
+
+    guard = OffsetGuard(seek, probe)
     lag: dict[int, int] = {}
     metrics = PipelineMetrics(lambda: dict(lag))
     app.spendstream_metrics = metrics  # type: ignore[attr-defined]
