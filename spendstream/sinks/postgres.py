@@ -261,6 +261,27 @@ async def run(
     conn = None
     sink: PostgresSink | None = None
     last_rollup = time.monotonic()
+
+    async def rollup(force: bool = False) -> None:
+        """Refresh the rollups every ``rollup_every_s``; an outage only postpones them (the
+        days touched are remembered across reconnects)."""
+        nonlocal conn, last_rollup
+        if (
+            sink is None
+            or conn is None
+            or not (force or time.monotonic() - last_rollup >= rollup_every_s)
+        ):
+            return
+        try:
+            await sink.refresh_rollups()
+            last_rollup = time.monotonic()
+        except Exception as exc:
+            if not _is_connection_error(exc):
+                raise
+            log.warning("rollups postponed, PostgreSQL unavailable (%s)", exc)
+            conn.terminate()
+            conn = None
+
     try:
         while not stop.is_set():
             got = await consumer.getmany(timeout_ms=int(batch_wait_s * 1000), max_records=500)
@@ -280,9 +301,7 @@ async def run(
                             continue
                         rows.append(row_of(e, s.keep_text))
             if not rows and not got:
-                if sink is not None and time.monotonic() - last_rollup >= rollup_every_s:
-                    await sink.refresh_rollups()
-                    last_rollup = time.monotonic()
+                await rollup()
                 continue
             delay = 0.5
             while True:  # until durable: back-pressure, the consumer is not polled meanwhile
@@ -312,15 +331,15 @@ async def run(
                 await consumer.commit()
             except CommitFailedError as exc:  # rows are in; a redelivery adds none
                 log.warning("offset commit failed after a rebalance: %s", exc)
-            if sink is not None and time.monotonic() - last_rollup >= rollup_every_s:
-                await sink.refresh_rollups()
-                last_rollup = time.monotonic()
-        if sink is not None:
-            await sink.refresh_rollups()
+            await rollup()
+        await rollup(force=True)
     finally:
         await consumer.stop()
         if conn is not None:
-            await conn.close()
+            try:
+                await conn.close(timeout=5)
+            except Exception:  # already broken: just drop it
+                conn.terminate()
     return stats
 
 
@@ -334,7 +353,10 @@ def _is_connection_error(exc: BaseException) -> bool:
         | asyncpg.PostgresConnectionError
         | asyncpg.InterfaceError
         | asyncpg.CannotConnectNowError
-        | asyncpg.exceptions.OperatorInterventionError,
+        | asyncpg.exceptions.OperatorInterventionError
+        # a server-side termination seen between queries can leave the client mid-protocol
+        # ("cannot switch to state …; another operation is in progress"): reconnect
+        | asyncpg.InternalClientError,
     )
 
 
