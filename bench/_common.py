@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import uuid
+from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -52,3 +56,17 @@ def private_settings(s: Settings, name: str, **extra: object) -> tuple[Settings,
     ps = Settings(**{k.removeprefix("SPENDSTREAM_").lower(): v for k, v in env.items()})
     ensure_topics(ps)
     return ps, env
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """One `spendstream worker` with ``env``, logging to ``log_path``; the caller stops it and
+    closes the log."""
+    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed by the caller
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendstream.cli", "worker", "--loglevel", "info"],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return proc, log

@@ -14,9 +14,7 @@ line ``alert_latency_p99_s=<value>``.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -24,13 +22,12 @@ from bisect import bisect_left
 from pathlib import Path
 
 import numpy as np
-from _common import machine, private_settings, settings_with_stack
+from _common import machine, private_settings, settings_with_stack, start_worker
 from confluent_kafka import Consumer, Producer
 
 from spendstream.alerts import Alert
 from spendstream.wire import HEADERS
 
-ROOT = Path(__file__).resolve().parents[1]
 RATE = 10_000  # events per wall second (goal); the second argument overrides it
 TICK = 0.05  # seconds per producer batch
 SPEEDUP = 60  # event seconds per wall second
@@ -61,14 +58,7 @@ def main(spikes: int = 12, rate: int = RATE) -> None:
         idle_timeout_s=5,
     )
     log_path = Path(s.stack_dir) / "bench-alert-worker.log"
-    log = open(log_path, "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "spendstream.cli", "worker", "--loglevel", "info"],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    worker, log = start_worker(env, log_path)
     alerts = Consumer(
         s.librdkafka(**{"group.id": f"a-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
     )

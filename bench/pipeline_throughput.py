@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from _common import machine, private_settings, settings_with_stack
+from _common import machine, private_settings, settings_with_stack, start_worker
 from confluent_kafka import Consumer, TopicPartition
 
 from spendstream.config import Settings
 from spendstream.producers import Emitter
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def fill(s: Settings, n: int) -> tuple[int, int]:
@@ -90,14 +86,7 @@ async def bare(s: Settings, n: int) -> float:
 def worker_run(
     s: Settings, env: dict[str, str], closed_calls: int, records: int
 ) -> tuple[float, float]:
-    log = open(Path(s.stack_dir) / "bench-pipeline-worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spendstream.cli", "worker", "--loglevel", "info"],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    proc, log = start_worker(env, Path(s.stack_dir) / "bench-pipeline-worker.log")
     windows = Consumer(
         s.librdkafka(**{"group.id": f"w-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
     )
