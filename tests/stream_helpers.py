@@ -211,3 +211,13 @@ def replay(env: dict[str, str], path: Path, *speed: str, timeout: float = 600) -
     proc = start_replay(env, path, *(speed or ("--max-speed",)))
     _, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err.decode(errors="replace")
+
+
+def wait_windows(reader: TopicReader, n: int, deadline_s: float) -> None:
+    """Poll the windows topic until it holds at least ``n`` distinct windows."""
+    wait_for(
+        lambda: len(latest_windows(reader)) >= n,
+        deadline_s,
+        f"{n} windows",
+        every=lambda: reader.poll(0.5),
+    )

@@ -26,6 +26,7 @@ from tests.stream_helpers import (
     replay,
     start_replay,
     wait_for,
+    wait_windows,
     workers,
 )
 
@@ -67,12 +68,7 @@ def test_second_worker_joining_mid_replay_changes_no_total(stack: Settings, tmp_
         )
         procs.append(procs.start(1))  # a second worker joins: partitions are rebalanced
         assert feed.wait(300) == 0
-        wait_for(
-            lambda: len(latest_windows(windows)) >= len(expected),
-            300,
-            f"{len(expected)} windows",
-            every=lambda: windows.poll(0.5),
-        )
+        wait_windows(windows, len(expected), 300)
         windows.poll(2.0)
     got = totals(latest_windows(windows))
     windows.close()
@@ -107,12 +103,7 @@ def test_kill_9_three_times_with_two_workers_keeps_every_total_exact(
             kills += 1
             procs.append(procs.start(len(procs)))  # a replacement: two workers again
         assert feed.wait(300) == 0
-        wait_for(
-            lambda: len(latest_windows(windows)) >= len(expected),
-            400,
-            f"{len(expected)} windows",
-            every=lambda: windows.poll(0.5),
-        )
+        wait_windows(windows, len(expected), 400)
         windows.poll(3.0)
         assert sum(p.poll() is None for p in procs) == 2
     got = totals(latest_windows(windows))
@@ -139,12 +130,7 @@ def test_committed_offsets_ahead_of_the_state_are_reread(stack: Settings, tmp_pa
     first_only = offline_totals(first)
     with workers(env, 1, tmp_path):
         replay(env, a)
-        wait_for(
-            lambda: len(latest_windows(windows)) >= len(first_only),
-            300,
-            "the first half's windows",
-            every=lambda: windows.poll(0.5),
-        )
+        wait_windows(windows, len(first_only), 300)
     replay(env, b)
     c = Consumer(s.librdkafka(**{"group.id": s.worker_app_id, "enable.auto.commit": False}))
     ends = [
@@ -156,12 +142,7 @@ def test_committed_offsets_ahead_of_the_state_are_reread(stack: Settings, tmp_pa
     log_dir = tmp_path / "second"
     log_dir.mkdir()
     with workers(env, 1, log_dir) as procs:
-        wait_for(
-            lambda: len(latest_windows(windows)) >= len(expected),
-            300,
-            f"{len(expected)} windows",
-            every=lambda: windows.poll(0.5),
-        )
+        wait_windows(windows, len(expected), 300)
         windows.poll(2.0)
         assert procs[0].poll() is None
     (log,) = log_dir.glob("worker-*.log")
