@@ -1,0 +1,224 @@
+"""The model-cascading router: one decision per request, explained, in microseconds.
+
+Policies are applied in a fixed order, first match wins (each is per endpoint, see
+:mod:`.policy`):
+
+1. context — models whose window is smaller than the request are out; none left → refuse;
+2. budget — live spend of the scope at ``refuse_at`` → refuse, at ``downgrade_at`` → cheap;
+3. forced — A/B share of keys pinned to one model;
+4. premium tier — listed tiers get the strong model;
+5. retry escalation — the Nth retry goes strong (the cheap answer already failed);
+6. complexity — learned or heuristic score against the threshold for the target quality.
+
+Money outranks everything but physics (a prompt that does not fit); the decision's ``reason``
+names the rule and its numbers so the enriched events can attribute savings
+(``requested_model`` / ``routing_reason``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cached_property
+from time import time
+from typing import Any
+
+from ..cache.embedders import Embedder
+from ..stream.prices import PriceBook, pico_to_usd
+from ..stream.windows import endpoint_scope
+from .budget import BudgetView
+from .complexity import ComplexityPolicy, KeywordHeuristic, LearnedComplexity
+from .policy import Budget, EndpointPolicy, ModelSpec, RouterConfig
+
+CHARS_PER_TOKEN = 4
+"""Context estimate when the caller gives no token count: cheap, and errs towards larger."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    endpoint: str
+    messages: Sequence[Mapping[str, Any]] = ()
+    prompt: str | None = None
+    """Plain prompt, used when ``messages`` is empty."""
+    service: str | None = None
+    team: str | None = None
+    user_id: str | None = None
+    tier: str | None = None
+    retry_count: int = 0
+    context_tokens: int | None = None
+    """Prompt tokens plus the completion budget; estimated from characters when absent."""
+    requested_model: str | None = None
+
+    def text(self) -> str:
+        """What the complexity policy reads: the last user turn (else the prompt)."""
+        for m in reversed(self.messages):
+            if m.get("role") == "user":
+                content = m.get("content")
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, list):  # OpenAI content parts
+                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return self.prompt or ""
+
+    def tokens(self) -> int:
+        if self.context_tokens is not None:
+            return self.context_tokens
+        chars = sum(len(str(m.get("content", ""))) for m in self.messages) + len(self.prompt or "")
+        return chars // CHARS_PER_TOKEN + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    model: str
+    """The provider's model id to call ('' when refused)."""
+    provider: str
+    tier: str
+    """The config's name for it (``cheap``, ``strong``, …)."""
+    reason: str
+    confidence: float
+    usd_per_1k_input: Decimal | None
+    usd_per_1k_output: Decimal | None
+    refused: bool = False
+    requested_model: str | None = None
+
+    def event_fields(self) -> dict[str, str]:
+        """Fields for the call event (``emitter.track(..., **decision.event_fields())``)."""
+        out = {"routing_reason": self.reason[:256]}
+        if self.requested_model:
+            out["requested_model"] = self.requested_model
+        return out
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        budgets: BudgetView | None = None,
+        prices: PriceBook | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.config = config
+        self.budgets = budgets
+        self.prices = prices or PriceBook()
+        self._embedder = embedder
+        self._price_cache: dict[str, tuple[Decimal | None, Decimal | None]] = {}
+
+    @cached_property
+    def learned(self) -> LearnedComplexity:
+        return LearnedComplexity(self._embedder)
+
+    def _complexity(self, pol: EndpointPolicy) -> ComplexityPolicy:
+        return self.learned if pol.complexity == "learned" else KeywordHeuristic(pol.heuristic_cut)
+
+    def _price(self, name: str) -> tuple[Decimal | None, Decimal | None]:
+        if name not in self._price_cache:
+            spec = self.config.models[name]
+            row = self.prices.row_at(spec.provider, spec.model, time())
+            self._price_cache[name] = (
+                (None, None)
+                if row is None
+                else (pico_to_usd(row.base.input * 1000), pico_to_usd(row.base.output * 1000))
+            )
+        return self._price_cache[name]
+
+    def _decide(self, name: str, reason: str, confidence: float, req: RouteRequest) -> Decision:
+        spec: ModelSpec = self.config.models[name]
+        inp, out = self._price(name)
+        return Decision(
+            spec.model,
+            spec.provider,
+            name,
+            reason,
+            confidence,
+            inp,
+            out,
+            False,
+            req.requested_model,
+        )
+
+    def _refuse(self, reason: str, req: RouteRequest) -> Decision:
+        return Decision("", "", "", reason, 1.0, None, None, True, req.requested_model)
+
+    def _budget_state(self, b: Budget, req: RouteRequest) -> tuple[float, str]:
+        """Highest used share of the hourly/daily budget for the request's scope."""
+        if self.budgets is None:
+            return 0.0, ""
+        if b.scope == "team":
+            scope = f"team:{req.team or '-'}"
+        elif b.scope == "endpoint":
+            scope = endpoint_scope(req.service or "unknown", req.endpoint)
+        elif b.scope == "service":
+            scope = f"service:{req.service or 'unknown'}"
+        else:
+            scope = "global:all"
+        hour, day = self.budgets.get(scope)
+        used, what = 0.0, ""
+        for spent, limit, label in ((hour, b.hourly_usd, "hourly"), (day, b.daily_usd, "daily")):
+            if limit is not None and float(spent / limit) >= used:
+                used, what = float(spent / limit), f"{scope} {label} ${spent:.2f}/${limit}"
+        return used, what
+
+    def decide(self, req: RouteRequest) -> Decision:
+        pol = self.config.policy_for(req.endpoint, req.service)
+        models = self.config.models
+        need = req.tokens()
+        fits = {
+            n: (models[n].context_tokens is None or need <= (models[n].context_tokens or 0))
+            for n in {pol.cheap, pol.strong, *([pol.forced.model] if pol.forced else [])}
+        }
+        if not fits[pol.cheap] and not fits[pol.strong]:
+            return self._refuse(f"context ~{need} tokens exceeds every model's window", req)
+
+        if pol.budget is not None:
+            used, what = self._budget_state(pol.budget, req)
+            if pol.budget.refuse_at is not None and used >= pol.budget.refuse_at:
+                return self._refuse(f"budget: {what} ≥ {pol.budget.refuse_at:.0%}", req)
+            if used >= pol.budget.downgrade_at:
+                if fits[pol.cheap]:
+                    return self._decide(
+                        pol.cheap,
+                        f"budget: {what} ≥ {pol.budget.downgrade_at:.0%}: downgrade",
+                        1.0,
+                        req,
+                    )
+                return self._decide(
+                    pol.strong,
+                    f"budget: {what} but ~{need} tokens exceed {pol.cheap}'s window",
+                    1.0,
+                    req,
+                )
+
+        if not fits[pol.cheap]:
+            return self._decide(
+                pol.strong, f"context ~{need} tokens exceeds {pol.cheap}'s window", 1.0, req
+            )
+
+        if pol.forced is not None and fits[pol.forced.model]:
+            key = req.user_id or req.team or ""
+            bucket = (zlib.crc32(key.encode()) % 10_000) / 10_000
+            if bucket < pol.forced.share:
+                return self._decide(
+                    pol.forced.model, f"forced: A/B {pol.forced.share:.0%} arm", 1.0, req
+                )
+
+        if req.tier is not None and req.tier in pol.premium_tiers and fits[pol.strong]:
+            return self._decide(pol.strong, f"premium tier {req.tier}", 1.0, req)
+
+        if (
+            pol.escalate_after_retries is not None
+            and req.retry_count >= pol.escalate_after_retries
+            and fits[pol.strong]
+        ):
+            return self._decide(pol.strong, f"retry {req.retry_count}: escalate", 1.0, req)
+
+        if pol.complexity == "off":
+            return self._decide(pol.cheap, "complexity policy off: cheap", 1.0, req)
+        cx = self._complexity(pol)
+        s, thr, judged_by = cx.judge(req.text(), pol.target_quality)
+        # distance from the cut, squashed to (0.5, 1): how far the score is from a coin flip
+        confidence = 0.5 + 0.5 * min(1.0, abs(s - thr) / 2.0)
+        if s > thr and fits[pol.strong]:
+            return self._decide(pol.strong, f"{judged_by} {s:.2f}>{thr:.2f}: strong", confidence, req)
+        return self._decide(pol.cheap, f"{judged_by} {s:.2f}≤{thr:.2f}: cheap", confidence, req)
