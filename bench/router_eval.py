@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import machine
+
 from spendstream.cache.embedders import local_embedder
-from spendstream.router import Router, RouteRequest, RouterConfig
+from spendstream.router import Router, RouterConfig, RouteRequest
 from spendstream.router import train as T
 from spendstream.router.complexity import KeywordHeuristic
 from spendstream.router.features import features
@@ -37,8 +37,10 @@ def main() -> None:
     strong_acc, cheap_acc = float(ds.strong_ok.mean()), float(ds.cheap_ok.mean())
     target_acc = TARGET * strong_acc
     print(f"# router_eval on {machine()}")
-    print(f"{n} prompts, {len(set(ds.subjects))} subjects; accuracy cheap {cheap_acc:.4f}, "
-          f"strong {strong_acc:.4f}; target {TARGET:.0%} of strong = {target_acc:.4f}")
+    print(
+        f"{n} prompts, {len(set(ds.subjects))} subjects; accuracy cheap {cheap_acc:.4f}, "
+        f"strong {strong_acc:.4f}; target {TARGET:.0%} of strong = {target_acc:.4f}"
+    )
 
     t0 = time.perf_counter()
     x = features(ds.prompts, local_embedder())
@@ -48,8 +50,10 @@ def main() -> None:
     heur = np.array([KeywordHeuristic().score(p) for p in ds.prompts], np.float32)
     heur = heur + rng.random(n).astype(np.float32) * 1e-4  # random order among equal scores
 
-    curves = {"learned": T.curve(learned, ds.cheap_ok, ds.strong_ok),
-              "heuristic": T.curve(heur, ds.cheap_ok, ds.strong_ok)}
+    curves = {
+        "learned": T.curve(learned, ds.cheap_ok, ds.strong_ok),
+        "heuristic": T.curve(heur, ds.cheap_ok, ds.strong_ok),
+    }
     rand_shares = []
     rand_curve = np.zeros((101, 2))
     for _ in range(20):
@@ -67,13 +71,17 @@ def main() -> None:
     print(f"\nstrong-call share to reach {TARGET:.0%} of GPT-4 accuracy:")
     for k in ("random", "heuristic", "learned"):
         print(f"  {k:9s} {share[k]:.4f}")
-    print(f"  learned vs random: {1 - share['learned'] / share['random']:.1%} fewer strong calls; "
-          f"vs always-strong: {1 - share['learned']:.1%} fewer")
+    print(
+        f"  learned vs random: {1 - share['learned'] / share['random']:.1%} fewer strong calls; "
+        f"vs always-strong: {1 - share['learned']:.1%} fewer"
+    )
 
     cut = KeywordHeuristic().cut
     hs, ha = T.routed_accuracy(heur, cut, ds.cheap_ok, ds.strong_ok)
-    print(f"heuristic at its fixed cut {cut}: quality {ha / strong_acc:.4f} of strong at strong "
-          f"share {hs:.4f} (it has no knob for a target quality)")
+    print(
+        f"heuristic at its fixed cut {cut}: quality {ha / strong_acc:.4f} of strong at strong "
+        f"share {hs:.4f} (it has no knob for a target quality)"
+    )
 
     # deployed path: threshold from the training subjects only (nested out-of-fold calibration)
     routed = np.zeros(n, bool)
@@ -86,12 +94,19 @@ def main() -> None:
         thr = float(np.quantile(w.predict(x[train]), 1 - q)) if q > 0 else np.inf
         routed[rows] = w.predict(x[rows]) > thr
     acc = float(np.where(routed, ds.strong_ok, ds.cheap_ok).mean())
-    print(f"\ndeployed threshold (target {TARGET:.0%}) on held-out subjects: quality "
-          f"{acc / strong_acc:.4f} of strong at strong share {routed.mean():.4f}")
+    print(
+        f"\ndeployed threshold (target {TARGET:.0%}) on held-out subjects: quality "
+        f"{acc / strong_acc:.4f} of strong at strong share {routed.mean():.4f}"
+    )
 
-    cfg = RouterConfig.model_validate({"models": {
-        "cheap": {"provider": "openai", "model": "gpt-4o-mini"},
-        "strong": {"provider": "openai", "model": "gpt-4o"}}})
+    cfg = RouterConfig.model_validate(
+        {
+            "models": {
+                "cheap": {"provider": "openai", "model": "gpt-4o-mini"},
+                "strong": {"provider": "openai", "model": "gpt-4o"},
+            }
+        }
+    )
     router = Router(cfg)
     reqs = [RouteRequest("bench", prompt=p) for p in ds.prompts[:2000]]
     router.decide(reqs[0])
@@ -100,8 +115,10 @@ def main() -> None:
         t = time.perf_counter_ns()
         router.decide(r)
         lat.append(time.perf_counter_ns() - t)
-    print(f"Router.decide (learned policy, MMLU prompts): p50 {np.percentile(lat, 50) / 1e3:.0f} µs, "
-          f"p99 {np.percentile(lat, 99) / 1e3:.0f} µs")
+    print(
+        f"Router.decide (learned policy, MMLU prompts): p50 {np.percentile(lat, 50) / 1e3:.0f} µs, "
+        f"p99 {np.percentile(lat, 99) / 1e3:.0f} µs"
+    )
     print(f"router_ratio_vs_random={share['learned'] / share['random']:.4f}")
     print(f"router_strong_share_at_95={share['learned']:.4f}")
 

@@ -220,5 +220,6 @@ class Router:
         # distance from the cut, squashed to (0.5, 1): how far the score is from a coin flip
         confidence = 0.5 + 0.5 * min(1.0, abs(s - thr) / 2.0)
         if s > thr and fits[pol.strong]:
-            return self._decide(pol.strong, f"{judged_by} {s:.2f}>{thr:.2f}: strong", confidence, req)
+            why = f"{judged_by} {s:.2f}>{thr:.2f}: strong"
+            return self._decide(pol.strong, why, confidence, req)
         return self._decide(pol.cheap, f"{judged_by} {s:.2f}≤{thr:.2f}: cheap", confidence, req)
