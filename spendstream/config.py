@@ -111,6 +111,22 @@ class Settings(BaseSettings):
     metrics_port: int = Field(19464, ge=1, le=65535)
     """First port of the worker metrics endpoints; worker N listens on metrics_port + N."""
 
+    # --- router and response cache ---------------------------------------------------------
+    router_config: Path | None = None
+    """YAML/TOML file of the router's models and per-endpoint policies (README "Router")."""
+    router_budget_refresh_s: float = Field(5.0, gt=0)
+    cache_namespace: str = "default"
+    cache_similarity: float = Field(0.80, gt=0, le=1)
+    """Cosine threshold of a semantic hit (tuned by bench/cache_quality.py)."""
+    cache_ttl_s: int = Field(86_400, ge=1)
+    cache_max_entries: int = Field(100_000, ge=1)
+    """Per partition (tenant × model × system prompt × sampling × earlier turns)."""
+    cache_semantic_when_sampling: bool = False
+    cache_embedder: Literal["local", "http"] = "local"
+    cache_embedder_url: str = "https://api.openai.com/v1"
+    cache_embedder_model: str = "text-embedding-3-small"
+    cache_embedder_api_key: SecretStr | None = None
+
     # --- local stack (`spendstream stack`) ------------------------------------------------------
     stack_dir: Path = Path(".stack")
     """Data dirs, logs and the Kafka jar cache of the local stack (git-ignored)."""
@@ -128,6 +144,30 @@ class Settings(BaseSettings):
     stack_timeout_s: float = Field(120.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def cache_config(self) -> Any:
+        from .cache.semantic import CacheConfig
+
+        return CacheConfig(
+            namespace=self.cache_namespace,
+            similarity=self.cache_similarity,
+            ttl_s=self.cache_ttl_s,
+            max_entries=self.cache_max_entries,
+            semantic_when_sampling=self.cache_semantic_when_sampling,
+        )
+
+    def embedder(self) -> Any:
+        """The configured embedder (the local packaged model, or an OpenAI-compatible API)."""
+        from .cache.embedders import HttpEmbedder, local_embedder
+
+        if self.cache_embedder == "local":
+            return local_embedder()
+        key = self.cache_embedder_api_key
+        return HttpEmbedder(
+            self.cache_embedder_url,
+            self.cache_embedder_model,
+            key.get_secret_value() if key else None,
+        )
 
     def rule_config(self) -> Any:
         """The spike-rule thresholds as the stream's RuleConfig."""

@@ -168,6 +168,8 @@ class LLMCallEvent(_Strict):
 
     cache_hit: bool = False
     cache_kind: CacheKind | None = None
+    cache_saved_usd: Money | None = None
+    """On a cache hit: what the cached call cost, i.e. the spend the hit avoided (estimate)."""
 
     requested_model: Name | None = None
     """The model the caller asked for before the router chose ``request_model``."""
@@ -203,6 +205,8 @@ class LLMCallEvent(_Strict):
     def _consistent(self) -> Self:
         if self.cache_hit != (self.cache_kind is not None):
             raise ValueError("cache_kind must be set exactly when cache_hit is true")
+        if self.cache_saved_usd is not None and not self.cache_hit:
+            raise ValueError("cache_saved_usd is set but cache_hit is false")
         if self.status is Status.OK and self.error_type is not None:
             raise ValueError("error_type is set but status is 'ok'")
         return self

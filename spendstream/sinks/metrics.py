@@ -71,6 +71,7 @@ class PipelineMetrics(Collector):
         self.cost_pico: dict[Key, int] = {}
         self.tokens: dict[tuple[Key, str], int] = {}
         self.cache_hits: dict[Key, int] = {}
+        self.cache_saved_pico: dict[Key, int] = {}
         self.estimated: dict[Key, int] = {}
         self.price_unknown: dict[Key, int] = {}
         self.latency: dict[Key, _Hist] = {}
@@ -100,6 +101,9 @@ class PipelineMetrics(Collector):
                     self.tokens[(key, typ)] = self.tokens.get((key, typ), 0) + n
             if ev.cache_hit:
                 self.cache_hits[key] = self.cache_hits.get(key, 0) + 1
+                if ev.cache_saved_usd:
+                    saved = int(ev.cache_saved_usd.scaleb(12))
+                    self.cache_saved_pico[key] = self.cache_saved_pico.get(key, 0) + saved
             if t.estimated:
                 self.estimated[key] = self.estimated.get(key, 0) + 1
             if c.parts_pico is None:
@@ -143,6 +147,12 @@ class PipelineMetrics(Collector):
         yield tok
         yield counter(
             "spendstream_llm_cache_hits", "Calls answered by the response cache", self.cache_hits
+        )
+        yield counter(
+            "spendstream_llm_cache_saved_usd",
+            "Estimated spend avoided by cache hits (the cached calls' cost) in USD",
+            self.cache_saved_pico,
+            float(PICO),
         )
         yield counter(
             "spendstream_llm_estimated_tokens_calls",

@@ -1,0 +1,295 @@
+"""The response cache: exact and semantic tiers on Redis, a numpy index per partition.
+
+Redis holds every entry (with TTL) and is the source of truth; each app instance mirrors the
+vectors of its partitions in :class:`~.index.PartitionIndex` so a semantic lookup is a local
+matrix product plus one Redis round trip for the answer. Instances stay in sync through a Redis
+stream of ``add``/``del`` events that a background task tails; an entry that expired or was
+evicted elsewhere is also caught at read time (its key is gone), so a stale index can cost a
+miss but never serve a dead entry.
+
+Redis layout under ``spendstream:cache:<namespace>``:
+``:x:<exact key>`` answer JSON (exact tier) · ``:e:<partition>:<id>`` hash (vector, prompt,
+answer, cost) · ``:z:<partition>`` ids by creation time (bound + eviction) · ``:parts`` known
+partitions · ``:events`` the sync stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from ..events import CacheKind, Usage
+from .embedders import Embedder, local_embedder
+from .guard import mismatch
+from .index import PartitionIndex
+from .request import CacheRequest
+
+log = logging.getLogger("spendstream.cache")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    namespace: str = "default"
+    similarity: float = 0.80
+    """Cosine threshold for a semantic hit (tuned by ``bench/cache_quality.py``)."""
+    ttl_s: int = 86_400
+    max_entries: int = 100_000
+    """Per partition, in Redis and in each instance's index; oldest evicted first."""
+    semantic_when_sampling: bool = False
+    """Serve semantic hits to requests with temperature > 0 (off: their answers vary anyway)."""
+    stream_maxlen: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    kind: CacheKind
+    response: str
+    cost_usd: Decimal
+    """What the cached call cost: the spend this hit avoided."""
+    similarity: float
+    cached_prompt: str
+
+    def event_fields(self) -> dict[str, Any]:
+        """Fields for the call event of a cache-served request (no provider call, no tokens)."""
+        return {
+            "cache_hit": True,
+            "cache_kind": self.kind,
+            "cache_saved_usd": self.cost_usd,
+            "usage": Usage(input_tokens=0, output_tokens=0),
+        }
+
+
+@dataclass
+class CacheStats:
+    hits_exact: int = 0
+    hits_semantic: int = 0
+    misses: int = 0
+    guard_rejections: int = 0
+    stale: int = 0
+    """Index candidates whose entry was already gone from Redis (expired/evicted elsewhere)."""
+    puts: int = 0
+    evictions: int = 0
+    saved_usd: Decimal = field(default_factory=Decimal)
+
+
+class SemanticCache:
+    def __init__(
+        self, redis_url: str, config: CacheConfig | None = None, embedder: Embedder | None = None
+    ) -> None:
+        import redis.asyncio as aioredis
+
+        self.config = config or CacheConfig()
+        self.embedder = embedder or local_embedder()
+        self.redis: Any = aioredis.Redis.from_url(redis_url)
+        self.prefix = f"spendstream:cache:{self.config.namespace}"
+        self.indexes: dict[str, PartitionIndex] = {}
+        self.stats = CacheStats()
+        self._last_event = "0-0"
+        self._sync_task: asyncio.Task[None] | None = None
+        self.vector_commands = False
+        """The server has native vector search (Redis 8 VSIM or RediSearch); see README."""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Build the indexes from Redis, then follow the sync stream."""
+        last = await self.redis.xrevrange(f"{self.prefix}:events", count=1)
+        self._last_event = last[0][0].decode() if last else "0-0"
+        for part in await self.redis.smembers(f"{self.prefix}:parts"):
+            await self._load_partition(part.decode())
+        self.vector_commands = await self._has_vector_commands()
+        self._sync_task = asyncio.create_task(self._follow(), name="spendstream-cache-sync")
+
+    async def close(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> SemanticCache:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _has_vector_commands(self) -> bool:
+        with contextlib.suppress(Exception):
+            info = await self.redis.execute_command("COMMAND", "INFO", "VSIM", "FT.SEARCH")
+            return any(i is not None for i in info)
+        return False
+
+    # --- index maintenance -------------------------------------------------------------------
+    def _index(self, part: str) -> PartitionIndex:
+        idx = self.indexes.get(part)
+        if idx is None:
+            idx = self.indexes[part] = PartitionIndex(self.embedder.dim, self.config.max_entries)
+        return idx
+
+    async def _load_partition(self, part: str) -> None:
+        ids = [i.decode() for i in await self.redis.zrange(f"{self.prefix}:z:{part}", 0, -1)]
+        idx = self._index(part)
+        gone = []
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            pipe = self.redis.pipeline(transaction=False)
+            for eid in chunk:
+                pipe.hmget(f"{self.prefix}:e:{part}:{eid}", "vec", "prompt", "created", "expires")
+            for eid, (vec, prompt, created, expires) in zip(
+                chunk, await pipe.execute(), strict=True
+            ):
+                if vec is None:
+                    gone.append(eid)
+                    continue
+                idx.add(
+                    eid,
+                    np.frombuffer(vec, np.float32),
+                    prompt.decode(),
+                    float(created),
+                    float(expires),
+                )
+        if gone:
+            await self.redis.zrem(f"{self.prefix}:z:{part}", *gone)
+
+    async def _follow(self) -> None:
+        key = f"{self.prefix}:events"
+        while True:
+            try:
+                got = await self.redis.xread({key: self._last_event}, count=1000, block=1000)
+                for _, entries in got or []:
+                    for msg_id, fields in entries:
+                        self._last_event = msg_id.decode()
+                        await self._apply(
+                            fields[b"op"].decode(), fields[b"part"].decode(), fields[b"id"].decode()
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cache sync from Redis failed, retrying: %s", exc)
+                await asyncio.sleep(1)
+
+    async def _apply(self, op: str, part: str, eid: str) -> None:
+        if op == "del":
+            if part in self.indexes:
+                self.indexes[part].remove(eid)
+            return
+        idx = self._index(part)
+        if eid in idx.slot_of:
+            return
+        vec, prompt, created, expires = await self.redis.hmget(
+            f"{self.prefix}:e:{part}:{eid}", "vec", "prompt", "created", "expires"
+        )
+        if vec is not None:
+            idx.add(
+                eid, np.frombuffer(vec, np.float32), prompt.decode(), float(created), float(expires)
+            )
+
+    # --- the API -----------------------------------------------------------------------------
+    def semantic_allowed(self, req: CacheRequest) -> bool:
+        return bool(req.query) and (req.temperature == 0 or self.config.semantic_when_sampling)
+
+    async def get(self, req: CacheRequest) -> CacheHit | None:
+        """Exact tier, then semantic (guarded); ``None`` is a miss."""
+        raw = await self.redis.get(f"{self.prefix}:x:{req.exact_key}")
+        if raw is not None:
+            d = json.loads(raw)
+            self.stats.hits_exact += 1
+            cost = Decimal(d["cost_usd"])
+            self.stats.saved_usd += cost
+            return CacheHit(CacheKind.EXACT, d["response"], cost, 1.0, d["prompt"])
+        idx = self.indexes.get(req.partition)
+        if idx is None or not len(idx) or not self.semantic_allowed(req):
+            self.stats.misses += 1
+            return None
+        q = self.embedder.embed([req.query])[0]
+        for cand in idx.search(q, self.config.similarity, time.time()):
+            why = mismatch(req.query, cand.prompt)
+            if why is not None:
+                self.stats.guard_rejections += 1
+                log.debug("cache guard: %s (%r vs %r)", why, req.query, cand.prompt)
+                continue
+            got = await self.redis.hmget(
+                f"{self.prefix}:e:{req.partition}:{cand.entry_id}", "response", "cost"
+            )
+            if got[0] is None:
+                self.stats.stale += 1
+                idx.remove(cand.entry_id)
+                continue
+            cost = Decimal(got[1].decode())
+            self.stats.hits_semantic += 1
+            self.stats.saved_usd += cost
+            return CacheHit(CacheKind.SEMANTIC, got[0].decode(), cost, cand.score, cand.prompt)
+        self.stats.misses += 1
+        return None
+
+    async def put(self, req: CacheRequest, response: str, cost_usd: Decimal) -> None:
+        """Store an answer in both tiers (semantic only when it may be served semantically)."""
+        ttl = self.config.ttl_s
+        now = time.time()
+        expires = now + ttl
+        body = json.dumps({"response": response, "cost_usd": str(cost_usd), "prompt": req.query})
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(f"{self.prefix}:x:{req.exact_key}", body, ex=ttl)
+        self.stats.puts += 1
+        if not self.semantic_allowed(req):
+            await pipe.execute()
+            return
+        part, eid = req.partition, uuid.uuid4().hex
+        vec = self.embedder.embed([req.query])[0].astype(np.float32)
+        ekey = f"{self.prefix}:e:{part}:{eid}"
+        pipe.hset(
+            ekey,
+            mapping={
+                "vec": vec.tobytes(),
+                "prompt": req.query,
+                "response": response,
+                "cost": str(cost_usd),
+                "created": repr(now),
+                "expires": repr(expires),
+            },
+        )
+        pipe.expire(ekey, ttl)
+        pipe.zadd(f"{self.prefix}:z:{part}", {eid: now})
+        pipe.sadd(f"{self.prefix}:parts", part)
+        pipe.xadd(
+            f"{self.prefix}:events",
+            {"op": "add", "part": part, "id": eid},
+            maxlen=self.config.stream_maxlen,
+            approximate=True,
+        )
+        pipe.zcard(f"{self.prefix}:z:{part}")
+        size = (await pipe.execute())[-1]
+        self._index(part).add(eid, vec, req.query, now, expires)
+        if size > self.config.max_entries:
+            await self._evict(part, size - self.config.max_entries)
+
+    async def _evict(self, part: str, n: int) -> None:
+        """Drop the ``n`` oldest entries of a partition, everywhere."""
+        popped = await self.redis.zpopmin(f"{self.prefix}:z:{part}", n)
+        if not popped:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for eid, _ in popped:
+            e = eid.decode()
+            pipe.delete(f"{self.prefix}:e:{part}:{e}")
+            pipe.xadd(
+                f"{self.prefix}:events",
+                {"op": "del", "part": part, "id": e},
+                maxlen=self.config.stream_maxlen,
+                approximate=True,
+            )
+            self._index(part).remove(e)
+        await pipe.execute()
+        self.stats.evictions += len(popped)
+
+    def entries(self) -> int:
+        return sum(len(i) for i in self.indexes.values())
