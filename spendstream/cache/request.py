@@ -71,7 +71,14 @@ class CacheRequest:
 
     @cached_property
     def sampling(self) -> dict[str, Any]:
-        return {k: self.params[k] for k in SAMPLING_KEYS if self.params.get(k) is not None}
+        """Answer-changing parameters; numbers as floats so ``0`` and ``0.0`` match."""
+        out: dict[str, Any] = {}
+        for k in SAMPLING_KEYS:
+            v = self.params.get(k)
+            if v is None:
+                continue
+            out[k] = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+        return out
 
     @property
     def temperature(self) -> float:

@@ -95,6 +95,7 @@ class SemanticCache:
         self.stats = CacheStats()
         self._last_event = "0-0"
         self._sync_task: asyncio.Task[None] | None = None
+        self._closing = False
         self.vector_commands = False
         """The server has native vector search (Redis 8 VSIM or RediSearch); see README."""
 
@@ -109,10 +110,13 @@ class SemanticCache:
         self._sync_task = asyncio.create_task(self._follow(), name="spendstream-cache-sync")
 
     async def close(self) -> None:
+        self._closing = True
         if self._sync_task is not None:
+            # redis-py may turn a cancel during a blocking XREAD into a connection error, which
+            # the loop would retry: the flag ends it, the timeout bounds the wait
             self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._sync_task, timeout=3)
         await self.redis.aclose()
 
     async def __aenter__(self) -> SemanticCache:
@@ -162,7 +166,7 @@ class SemanticCache:
 
     async def _follow(self) -> None:
         key = f"{self.prefix}:events"
-        while True:
+        while not self._closing:
             try:
                 got = await self.redis.xread({key: self._last_event}, count=1000, block=1000)
                 for _, entries in got or []:
@@ -174,6 +178,8 @@ class SemanticCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing:
+                    return
                 log.warning("cache sync from Redis failed, retrying: %s", exc)
                 await asyncio.sleep(1)
 
@@ -253,6 +259,7 @@ class SemanticCache:
                 "prompt": req.query,
                 "response": response,
                 "cost": str(cost_usd),
+                "exact": req.exact_key,
                 "created": repr(now),
                 "expires": repr(expires),
             },
@@ -273,14 +280,20 @@ class SemanticCache:
             await self._evict(part, size - self.config.max_entries)
 
     async def _evict(self, part: str, n: int) -> None:
-        """Drop the ``n`` oldest entries of a partition, everywhere."""
+        """Drop the ``n`` oldest entries of a partition everywhere, exact-tier twin included."""
         popped = await self.redis.zpopmin(f"{self.prefix}:z:{part}", n)
         if not popped:
             return
+        ids = [eid.decode() for eid, _ in popped]
         pipe = self.redis.pipeline(transaction=False)
-        for eid, _ in popped:
-            e = eid.decode()
+        for e in ids:
+            pipe.hget(f"{self.prefix}:e:{part}:{e}", "exact")
+        exact = await pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for e, x in zip(ids, exact, strict=True):
             pipe.delete(f"{self.prefix}:e:{part}:{e}")
+            if x is not None:
+                pipe.delete(f"{self.prefix}:x:{x.decode()}")
             pipe.xadd(
                 f"{self.prefix}:events",
                 {"op": "del", "part": part, "id": e},
@@ -289,7 +302,7 @@ class SemanticCache:
             )
             self._index(part).remove(e)
         await pipe.execute()
-        self.stats.evictions += len(popped)
+        self.stats.evictions += len(ids)
 
     def entries(self) -> int:
         return sum(len(i) for i in self.indexes.values())
