@@ -204,20 +204,30 @@ class SemanticCache:
         return bool(req.query) and (req.temperature == 0 or self.config.semantic_when_sampling)
 
     async def get(self, req: CacheRequest) -> CacheHit | None:
-        """Exact tier, then semantic (guarded); ``None`` is a miss."""
-        raw = await self.redis.get(f"{self.prefix}:x:{req.exact_key}")
+        """Exact tier, then semantic (guarded); ``None`` is a miss.
+
+        The exact-tier GET is sent first and the semantic search runs while it is in flight,
+        so a semantic hit costs one round trip of waiting plus the answer's read.
+        """
+        exact = asyncio.ensure_future(self.redis.get(f"{self.prefix}:x:{req.exact_key}"))
+        idx = self.indexes.get(req.partition)
+        semantic = idx is not None and len(idx) > 0 and self.semantic_allowed(req)
+        cands = []
+        if semantic and idx is not None:
+            await asyncio.sleep(0)  # let the GET go out, then embed and search meanwhile
+            q = self.embedder.embed([req.query])[0]
+            cands = idx.search(q, self.config.similarity, time.time())
+        raw = await exact
         if raw is not None:
             d = json.loads(raw)
             self.stats.hits_exact += 1
             cost = Decimal(d["cost_usd"])
             self.stats.saved_usd += cost
             return CacheHit(CacheKind.EXACT, d["response"], cost, 1.0, d["prompt"])
-        idx = self.indexes.get(req.partition)
-        if idx is None or not len(idx) or not self.semantic_allowed(req):
+        if idx is None or not semantic:
             self.stats.misses += 1
             return None
-        q = self.embedder.embed([req.query])[0]
-        for cand in idx.search(q, self.config.similarity, time.time()):
+        for cand in cands:
             why = mismatch(req.query, cand.prompt)
             if why is not None:
                 self.stats.guard_rejections += 1
@@ -239,45 +249,54 @@ class SemanticCache:
 
     async def put(self, req: CacheRequest, response: str, cost_usd: Decimal) -> None:
         """Store an answer in both tiers (semantic only when it may be served semantically)."""
+        await self.put_many([(req, response, cost_usd)])
+
+    async def put_many(self, items: list[tuple[CacheRequest, str, Decimal]]) -> None:
+        """Store many answers with one embedding batch and pipelined writes (cache warm-up)."""
         ttl = self.config.ttl_s
         now = time.time()
         expires = now + ttl
-        body = json.dumps({"response": response, "cost_usd": str(cost_usd), "prompt": req.query})
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{self.prefix}:x:{req.exact_key}", body, ex=ttl)
-        self.stats.puts += 1
-        if not self.semantic_allowed(req):
+        semantic = [i for i, (r, _, _) in enumerate(items) if self.semantic_allowed(r)]
+        vecs = self.embedder.embed([items[i][0].query for i in semantic]) if semantic else None
+        vec_of = {i: vecs[k] for k, i in enumerate(semantic)} if vecs is not None else {}
+        touched: set[str] = set()
+        for start in range(0, len(items), 1000):
+            pipe = self.redis.pipeline(transaction=False)
+            for i in range(start, min(start + 1000, len(items))):
+                req, response, cost = items[i]
+                body = {"response": response, "cost_usd": str(cost), "prompt": req.query}
+                pipe.set(f"{self.prefix}:x:{req.exact_key}", json.dumps(body), ex=ttl)
+                self.stats.puts += 1
+                if i not in vec_of:
+                    continue
+                part, eid, vec = req.partition, uuid.uuid4().hex, vec_of[i].astype(np.float32)
+                ekey = f"{self.prefix}:e:{part}:{eid}"
+                pipe.hset(ekey, mapping={
+                    "vec": vec.tobytes(), "prompt": req.query, "response": response,
+                    "cost": str(cost), "exact": req.exact_key, "created": repr(now),
+                    "expires": repr(expires),
+                })  # fmt: skip
+                pipe.expire(ekey, ttl)
+                pipe.zadd(f"{self.prefix}:z:{part}", {eid: now})
+                pipe.sadd(f"{self.prefix}:parts", part)
+                pipe.xadd(
+                    f"{self.prefix}:events",
+                    {"op": "add", "part": part, "id": eid},
+                    maxlen=self.config.stream_maxlen,
+                    approximate=True,
+                )
+                touched.add(part)
+                self._index(part).add(eid, vec, req.query, now, expires)
             await pipe.execute()
+        if not touched:
             return
-        part, eid = req.partition, uuid.uuid4().hex
-        vec = self.embedder.embed([req.query])[0].astype(np.float32)
-        ekey = f"{self.prefix}:e:{part}:{eid}"
-        pipe.hset(
-            ekey,
-            mapping={
-                "vec": vec.tobytes(),
-                "prompt": req.query,
-                "response": response,
-                "cost": str(cost_usd),
-                "exact": req.exact_key,
-                "created": repr(now),
-                "expires": repr(expires),
-            },
-        )
-        pipe.expire(ekey, ttl)
-        pipe.zadd(f"{self.prefix}:z:{part}", {eid: now})
-        pipe.sadd(f"{self.prefix}:parts", part)
-        pipe.xadd(
-            f"{self.prefix}:events",
-            {"op": "add", "part": part, "id": eid},
-            maxlen=self.config.stream_maxlen,
-            approximate=True,
-        )
-        pipe.zcard(f"{self.prefix}:z:{part}")
-        size = (await pipe.execute())[-1]
-        self._index(part).add(eid, vec, req.query, now, expires)
-        if size > self.config.max_entries:
-            await self._evict(part, size - self.config.max_entries)
+        pipe = self.redis.pipeline(transaction=False)
+        parts = sorted(touched)
+        for part in parts:
+            pipe.zcard(f"{self.prefix}:z:{part}")
+        for part, size in zip(parts, await pipe.execute(), strict=True):
+            if size > self.config.max_entries:
+                await self._evict(part, size - self.config.max_entries)
 
     async def _evict(self, part: str, n: int) -> None:
         """Drop the ``n`` oldest entries of a partition everywhere, exact-tier twin included."""
