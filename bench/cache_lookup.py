@@ -135,9 +135,7 @@ async def one_size(url: str, n: int, lookups: int, scans: int) -> dict[str, floa
         t0 = time.perf_counter_ns()
         await scan_lookup(reader, part, v)
         scan.append(time.perf_counter_ns() - t0)
-    keys = [k async for k in reader.redis.scan_iter(match=f"{reader.prefix}:*", count=5000)]
-    for i in range(0, len(keys), 5000):
-        await reader.redis.delete(*keys[i : i + 5000])
+    await reader.clear()
     await reader.close()
     return {
         "fill_s": fill_s,

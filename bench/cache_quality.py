@@ -172,10 +172,7 @@ async def on_redis(
             "cross_queries": len(stored) + len(para),
         }
     finally:
-        r = cache.redis
-        keys = [k async for k in r.scan_iter(match=f"{cache.prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await r.delete(*keys[i : i + 1000])
+        await cache.clear()
         await cache.close()
 
 

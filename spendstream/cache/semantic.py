@@ -323,5 +323,17 @@ class SemanticCache:
         await pipe.execute()
         self.stats.evictions += len(ids)
 
+    async def clear(self) -> int:
+        """Delete every key of this namespace (all partitions, the sync stream); returns the count.
+
+        Other instances keep their in-memory entries until they restart, but can no longer serve
+        them: a hit's answer is read from Redis.
+        """
+        keys = [k async for k in self.redis.scan_iter(match=f"{self.prefix}:*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await self.redis.delete(*keys[i : i + 1000])
+        self.indexes.clear()
+        return len(keys)
+
     def entries(self) -> int:
         return sum(len(i) for i in self.indexes.values())

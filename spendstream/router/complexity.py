@@ -93,6 +93,7 @@ class LearnedComplexity:
         """5th percentile of the training prompts' cosine to their mean embedding."""
         self.fallback = KeywordHeuristic()
         self._embedder = embedder
+        self._thresholds: dict[float, float] = {}
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -116,6 +117,12 @@ class LearnedComplexity:
         return share_for(self.calibration, target_quality)
 
     def threshold(self, target_quality: float) -> float:
+        cached = self._thresholds.get(target_quality)
+        if cached is None:
+            cached = self._thresholds[target_quality] = self._threshold(target_quality)
+        return cached
+
+    def _threshold(self, target_quality: float) -> float:
         share = self.strong_share(target_quality)
         if share <= 0:
             return float("inf")
