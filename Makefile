@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint pytest stack-up stack-down stack-status clean-stack bench
+.PHONY: setup system-deps demo test lint pytest drills stack-up stack-down stack-status clean-stack bench
 
 setup: system-deps $(STAMP)
 
@@ -30,6 +30,10 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The reliability drills alone (they also run in `make test`).
+drills: $(STAMP)
+	$(BIN)/pytest -m drill $(PYTEST_ARGS)
+
 stack-up: setup
 	$(BIN)/spendstream stack up
 
@@ -45,4 +49,4 @@ clean-stack: stack-down
 
 # Every benchmark in bench/, one after another, against the local stack.
 bench: setup
-	@for f in bench/[a-z]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python bench/run_all.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -32,6 +33,27 @@ def fresh_topic(s: Settings, name: str, partitions: int = 12) -> str:
 
 def pct_us(samples_ns: np.ndarray, q: float) -> float:
     return float(np.percentile(samples_ns, q)) / 1000.0
+
+
+def result(
+    figure: str,
+    measured: float,
+    unit: str,
+    goal: str,
+    baseline: float | None = None,
+    baseline_name: str = "",
+) -> None:
+    """One row of ``bench/RESULTS.md``: printed as ``RESULT {json}`` for ``bench/run_all.py``."""
+    row = {
+        "figure": figure,
+        "measured": measured,
+        "unit": unit,
+        "goal": goal,
+        "baseline": baseline,
+        "baseline_name": baseline_name,
+        "ratio": (measured / baseline) if baseline else None,
+    }
+    print("RESULT " + json.dumps(row), flush=True)
 
 
 def machine() -> str:

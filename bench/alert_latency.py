@@ -22,7 +22,7 @@ from bisect import bisect_left
 from pathlib import Path
 
 import numpy as np
-from _common import machine, private_settings, settings_with_stack, start_worker
+from _common import machine, private_settings, result, settings_with_stack, start_worker
 from confluent_kafka import Consumer, Producer
 
 from spendstream.alerts import Alert
@@ -161,6 +161,14 @@ def main(spikes: int = 12, rate: int = RATE) -> None:
     )
     print(f"ratio p99 alert / p99 ack: {p99 / a99:.1f}")
     print(json.dumps({"latencies_s": [round(x, 3) for x in latencies]}))
+    result(
+        "spike alert latency p99 (watermark → alert read)",
+        p99,
+        "s",
+        "≤ 2 s",
+        a99,
+        "raw produce→ack p99",
+    )
     print(f"alert_latency_p99_s={p99:.3f}")
 
 

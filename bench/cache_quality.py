@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
-from _common import machine, settings_with_stack
+from _common import machine, result, settings_with_stack
 
 from spendstream.cache import CacheConfig, CacheRequest, SemanticCache, mismatch
 from spendstream.cache.embedders import LocalEmbedder, normalise
@@ -243,6 +243,17 @@ def main() -> None:
         f"{res['guard_rejections']}, cross-tenant hits {res['cross_tenant_hits']} of "
         f"{res['cross_queries']} queries"
     )
+    _, no_guard = rates(stored, para, near_all, sv, pv, nv, sim, guard=False)
+    result(
+        "cache wrong-hit rate",
+        res["wrong_rate"],
+        "share",
+        "≤ 0.01",
+        no_guard,
+        "same threshold without the guard",
+    )
+    result("cache paraphrase hit rate", res["hit_rate"], "share", "")
+    result("cache cross-tenant hits", res["cross_tenant_hits"], "hits", "0")
     print(f"cache_paraphrase_hit_rate={res['hit_rate']:.4f}")
     print(f"cache_cross_tenant_hits={res['cross_tenant_hits']}")
     print(f"cache_wrong_hit_rate={res['wrong_rate']:.4f}")

@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from _common import machine
+from _common import machine, result
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 
@@ -79,6 +79,14 @@ def main(n: int = 200_000) -> None:
         f"totals differing from calc_price: {mismatches} of {k}"
     )
     print("goal: >= 1,000,000 events/s")
+    result(
+        "cost enrichment",
+        eps,
+        "events/s",
+        "≥ 1,000,000/s",
+        ref_eps,
+        "genai-prices calc_price per event",
+    )
     print(f"cost_enrich_eps={eps:.0f}")
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 import numpy as np
-from _common import fresh_topic, machine, pct_us, settings_with_stack
+from _common import fresh_topic, machine, pct_us, result, settings_with_stack
 from confluent_kafka import Producer
 
 from spendstream.demo import sample_events
@@ -39,7 +39,7 @@ def main(n: int = 100_000) -> None:
     events = sample_events(n, run_id="bench")
     payloads = [(e.kafka_key(), e.to_json()) for e in events]
     rows = []
-    worst_p50 = 0.0
+    worst_p50 = worst_base = worst_p99 = 0.0
     for state in ("up", "down"):
         st = s if state == "up" else s.model_copy(update={"kafka_bootstrap_servers": "127.0.0.1:1"})
         topic = fresh_topic(s, "emit") if state == "up" else "bench.unreachable"
@@ -79,7 +79,8 @@ def main(n: int = 100_000) -> None:
             ("bare produce()", base, f"buffer_full={full}"),
         ):
             rows.append((state, name, pct_us(arr, 50), pct_us(arr, 99), pct_us(arr, 99.9), extra))
-        worst_p50 = max(worst_p50, pct_us(sdk, 50))
+        if pct_us(sdk, 50) >= worst_p50:
+            worst_p50, worst_base, worst_p99 = pct_us(sdk, 50), pct_us(base, 50), pct_us(sdk, 99)
         ratio = pct_us(sdk, 50) / pct_us(base, 50)
         rows.append((state, "emit/bare p50", ratio, pct_us(sdk, 99) / pct_us(base, 99), 0.0, ""))
 
@@ -91,6 +92,15 @@ def main(n: int = 100_000) -> None:
         else:
             print(f"{state:<7} {name:<15} {p50:>8.2f} {p99:>8.2f} {p999:>9.2f}  {extra}")
     print("goal: p50 <= 5 us, p99 <= 50 us in both states")
+    result(
+        "emit() p50, worse broker state",
+        worst_p50,
+        "µs",
+        "≤ 5 µs",
+        worst_base,
+        "bare confluent-kafka produce() p50",
+    )
+    result("emit() p99, same state", worst_p99, "µs", "≤ 50 µs")
     print(f"emit_p50_us={worst_p50:.3f}")
 
 

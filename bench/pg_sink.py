@@ -17,7 +17,7 @@ import time
 import uuid
 
 import asyncpg
-from _common import machine, settings_with_stack
+from _common import machine, result, settings_with_stack
 
 from spendstream.config import Settings
 from spendstream.events import EnrichedEvent
@@ -88,6 +88,14 @@ def main(n: int = 200_000) -> None:
     print(f"{'sink: COPY temp + INSERT ON CONFLICT':<44} {sink_s:>8.2f} {sink_rps:>10,.0f}")
     print(f"{'bare COPY into llm_calls':<44} {bare_s:>8.2f} {bare_rps:>10,.0f}")
     print("redelivered the same rows: 0 new (checked)")
+    result(
+        "PostgreSQL sink (idempotent)",
+        sink_rps,
+        "rows/s",
+        "100k rows/s; ratio ≥ 0.5",
+        bare_rps,
+        "bare COPY into llm_calls",
+    )
     print(f"pg_sink_ratio={sink_rps / bare_rps:.3f}")
 
 

@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import machine, private_settings, settings_with_stack, start_worker
+from _common import machine, private_settings, result, settings_with_stack, start_worker
 from confluent_kafka import Consumer, TopicPartition
 
 from spendstream.config import Settings
@@ -134,6 +134,14 @@ def main(n: int = 500_000) -> None:
     print(f"{'bare aiokafka + json.loads per event':<40} {bare_s:>8.2f} {bare_eps:>10,.0f}")
     print(f"{'worker: all enriched':<40} {enriched_s:>8.2f} {n / enriched_s:>10,.0f}")
     print(f"{'worker: all enriched and windowed':<40} {windowed_s:>8.2f} {worker_eps:>10,.0f}")
+    result(
+        "stream worker, enriched + windowed",
+        worker_eps,
+        "events/s",
+        "ratio ≥ 0.35",
+        bare_eps,
+        "bare aiokafka + json.loads",
+    )
     print(f"pipeline_ratio={worker_eps / bare_eps:.3f}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import fresh_topic, machine, settings_with_stack
+from _common import fresh_topic, machine, result, settings_with_stack
 from confluent_kafka import Producer
 
 from spendstream.demo import sample_events
@@ -65,6 +65,7 @@ def main(n: int = 200_000) -> None:
     print(f"{'path':<28} {'seconds':>8} {'events/s':>10}")
     print(f"{'SDK put()+flush (envelopes)':<28} {sdk_s:>8.2f} {sdk_eps:>10,.0f}")
     print(f"{'bare produce() per event':<28} {bare_s:>8.2f} {bare_eps:>10,.0f}")
+    result("SDK produce throughput", sdk_eps, "events/s", "", bare_eps, "bare produce() per event")
     print(f"produce_ratio={sdk_eps / bare_eps:.3f}")
 
 

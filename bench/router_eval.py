@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine
+from _common import machine, result
 
 from spendstream.cache.embedders import local_embedder
 from spendstream.router import Router, RouterConfig, RouteRequest
@@ -119,6 +119,23 @@ def main() -> None:
         f"Router.decide (learned policy, MMLU prompts): p50 {np.percentile(lat, 50) / 1e3:.0f} µs, "
         f"p99 {np.percentile(lat, 99) / 1e3:.0f} µs"
     )
+    result(
+        "strong-call share at 95% of GPT-4 accuracy (MMLU, subjects held out)",
+        share["learned"],
+        "share",
+        "below random (RouteLLM: ~45% fewer)",
+        share["random"],
+        "random routing",
+    )
+    result(
+        "same, keyword heuristic",
+        share["heuristic"],
+        "share",
+        "",
+        share["random"],
+        "random routing",
+    )
+    result("Router.decide p99", float(np.percentile(lat, 99)) / 1e3, "µs", "well under 1 ms")
     print(f"router_ratio_vs_random={share['learned'] / share['random']:.4f}")
     print(f"router_strong_share_at_95={share['learned']:.4f}")
 

@@ -154,6 +154,7 @@ def test_migrations_are_recorded_and_prune_drops_whole_days(stack: Settings) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.drill
 def test_postgres_down_for_60s_mid_stream_loses_nothing(stack: Settings, tmp_path: Path) -> None:
     from spendstream import stack as local_stack
 

@@ -75,6 +75,7 @@ def test_second_worker_joining_mid_replay_changes_no_total(stack: Settings, tmp_
     assert differences(got, expected) == ([], [], [])
 
 
+@pytest.mark.drill
 def test_kill_9_three_times_with_two_workers_keeps_every_total_exact(
     stack: Settings, tmp_path: Path
 ) -> None:
