@@ -171,7 +171,9 @@ class Kafka(Service):
             log_file=self.dir / "server.log",
         )
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: "-…" reads as a flag
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             res = subprocess.run(
                 self._java(
                     "kafka.tools.StorageTool",
