@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from spendstream.config import Settings
+from spendstream.events import LLMCallEvent
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
 from spendstream.sinks.db import ensure_partitions, migrate, parse_age, prune
 from spendstream.sinks.postgres import migrate_db
@@ -62,6 +63,44 @@ def query(s: Settings, sql: str, *args: Any) -> Any:
 
 
 @pytest.mark.slow
+def assert_books_agree(s: Settings, windows: TopicReader, events: list[LLMCallEvent]) -> Decimal:
+    """Every closed window equals the PostgreSQL rows of its minutes exactly (spend and calls),
+    and the real Prometheus' counters scraped from the worker equal the rows (requests exactly,
+    cost within $0.005). Returns the rows' total cost."""
+    last_minute = int(max(e.timestamp for e in events).timestamp() // 60)
+    minutes = len({int(e.timestamp.timestamp() // 60) for e in events})
+    wait_for(
+        lambda: (
+            sum(1 for k in latest_windows(windows) if k.startswith("global:all|")) >= minutes - 1
+        ),  # the newest minute stays open
+        300,
+        "every closed global window",
+        every=lambda: windows.poll(0.5),
+    )
+    got = latest_windows(windows)
+    closed = {k for k in got if k.startswith("global:all|")}
+    assert all(int(k.rsplit("|", 1)[1]) < last_minute for k in closed)
+    cutoff = datetime.fromtimestamp(last_minute * 60, UTC)
+    stored = query(s, "SELECT sum(cost_usd) FROM llm_calls WHERE ts < $1", cutoff)
+    windowed = sum(got[k]["spend_pico"] for k in closed)
+    assert Decimal(stored) * PICO == windowed  # exact, not just to the cent
+    calls = sum(got[k]["calls"] for k in closed)
+    assert query(s, "SELECT count(*) FROM llm_calls WHERE ts < $1", cutoff) == calls
+    total = Decimal(query(s, "SELECT sum(cost_usd) FROM llm_calls"))
+    prom: dict[str, float] = {}
+
+    def scraped() -> bool:
+        for name in ("spendstream_llm_requests_total", "spendstream_llm_cost_usd_total"):
+            res = prom_query(s, f"sum({name})")
+            prom[name] = float(res[0]["value"][1]) if res else -1.0
+        return prom["spendstream_llm_requests_total"] >= len(events)
+
+    wait_for(scraped, 60, "Prometheus to scrape every call")
+    assert prom["spendstream_llm_requests_total"] == len(events)
+    assert abs(Decimal(str(prom["spendstream_llm_cost_usd_total"])) - total) < Decimal("0.005")
+    return total
+
+
 def test_100k_events_become_100k_rows_and_a_replay_adds_none(
     stack: Settings, tmp_path: Path
 ) -> None:
@@ -73,41 +112,10 @@ def test_100k_events_become_100k_rows_and_a_replay_adds_none(
     windows = TopicReader(s, s.topic_windows)
 
     count = "SELECT count(*) FROM llm_calls"
-    last_minute = int(max(e.timestamp for e in events).timestamp() // 60)
-    minutes = len({int(e.timestamp.timestamp() // 60) for e in events})
     with workers(env, 1, tmp_path), sink_process(env, tmp_path) as sink:
         replay(env, path)
         wait_for(lambda: query(s, count) == 100_000, 300, "100k rows")
-        wait_for(
-            lambda: (
-                sum(1 for k in latest_windows(windows) if k.startswith("global:all|"))
-                >= minutes - 1
-            ),  # the newest minute stays open
-            300,
-            "every closed global window",
-            every=lambda: windows.poll(0.5),
-        )
-        got = latest_windows(windows)
-        closed = {k for k in got if k.startswith("global:all|")}
-        assert all(int(k.rsplit("|", 1)[1]) < last_minute for k in closed)
-        cutoff = datetime.fromtimestamp(last_minute * 60, UTC)
-        stored = query(s, "SELECT sum(cost_usd) FROM llm_calls WHERE ts < $1", cutoff)
-        windowed = sum(got[k]["spend_pico"] for k in closed)
-        assert Decimal(stored) * PICO == windowed  # exact, not just to the cent
-        calls = sum(got[k]["calls"] for k in closed)
-        assert query(s, "SELECT count(*) FROM llm_calls WHERE ts < $1", cutoff) == calls
-        # ... and the Prometheus counters, as the real Prometheus scraped them from the worker
-        total = Decimal(query(s, "SELECT sum(cost_usd) FROM llm_calls"))
-        prom: dict[str, float] = {}
-
-        def scraped() -> bool:
-            for name in ("spendstream_llm_requests_total", "spendstream_llm_cost_usd_total"):
-                res = prom_query(s, f"sum({name})")
-                prom[name] = float(res[0]["value"][1]) if res else -1.0
-            return prom["spendstream_llm_requests_total"] == 100_000
-
-        wait_for(scraped, 60, "Prometheus to scrape every call")
-        assert abs(Decimal(str(prom["spendstream_llm_cost_usd_total"])) - total) < Decimal("0.005")
+        assert_books_agree(s, windows, events)
 
         replay(env, path)  # the same events again: redelivered, never duplicated
         wait_for(
