@@ -192,6 +192,10 @@ def build_app(s: Settings) -> Any:
                 if not await guard.admit(s.topic_raw, p, offset, expected):
                     nxt[p] = expected
                     continue
+                # a record before ``expected`` was applied (and counted) before a rebalance or
+                # restart: its calls are re-sent downstream (sinks drop repeats by event_id) but
+                # not counted again, or every rebalance would inflate the Prometheus counters
+                fresh = expected is None or offset >= expected
                 nxt[p] = max(offset + 1, expected or 0)
                 stats.records += 1
                 bad_header = check_headers(m.headers)
@@ -201,7 +205,7 @@ def build_app(s: Settings) -> Any:
                         value=m.value or b"",
                         headers=_dlq_headers(s.topic_raw, p, offset, None, bad_header),
                     )
-                    stats.dead += 1
+                    stats.dead += int(fresh)
                     applied.append((p, offset, RecordAggregate()))  # handled: offset done
                     continue
                 res = enricher.process(m.value)
@@ -211,11 +215,12 @@ def build_app(s: Settings) -> Any:
                         value=d.raw,
                         headers=_dlq_headers(s.topic_raw, p, offset, d.line, d.reason),
                     )
-                stats.dead += len(res.dead)
-                if res.calls:
+                if fresh:
+                    stats.dead += len(res.dead)
                     batch_calls.extend(res.calls)
                     stats.events += len(res.calls)
                     stats.price_unknown += sum(1 for c in res.calls if c.parts_pico is None)
+                if res.calls:
                     await enriched.send(
                         key=m.key,
                         value=b"\n".join(c.to_json(s.keep_text) for c in res.calls),
