@@ -80,7 +80,6 @@ def declared_topics(s: Settings) -> list[TopicSpec]:
 
 def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> None:
     """Create missing topics and grow under-partitioned ones; raise on any other error."""
-    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
     specs = declared_topics(s) if specs is None else specs
@@ -95,13 +94,8 @@ def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None, timeout: fl
         for t in specs
     ]
     for name, fut in admin.create_topics(new, request_timeout=timeout).items():
-        try:
-            fut.result(timeout)
+        if topic_created(fut, timeout):
             log.info("created topic %s", name)
-        except KafkaException as exc:
-            err: Any = exc.args[0]
-            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
     meta = admin.list_topics(timeout=timeout)
     grow = [
         NewPartitions(t.name, t.partitions)
@@ -112,6 +106,21 @@ def ensure_topics(s: Settings, specs: list[TopicSpec] | None = None, timeout: fl
         for name, fut in admin.create_partitions(grow, request_timeout=timeout).items():
             fut.result(timeout)
             log.info("grew topic %s", name)
+
+
+def topic_created(fut: Any, timeout: float) -> bool:
+    """False when the topic already existed. (A helper, not inline: the future keeps the
+    exception and its traceback keeps the catching frame, which must not hold the client.)"""
+    from confluent_kafka import KafkaError, KafkaException
+
+    try:
+        fut.result(timeout)
+        return True
+    except KafkaException as exc:
+        err: Any = exc.args[0]
+        if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+        return False
 
 
 def topic_partitions(s: Settings, timeout: float = 10.0) -> dict[str, int]:

@@ -7,22 +7,19 @@ import time
 import uuid
 
 from ..config import Settings
+from ..topics import topic_created
 
 HEALTH_TOPIC = "spendstream.healthcheck"
 
 
 def kafka_round_trip(s: Settings, timeout: float = 10.0) -> bool:
     """Produce one record to the health topic and read that very record back."""
-    from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+    from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient(s.librdkafka())
-    fut = admin.create_topics([NewTopic(HEALTH_TOPIC, 1, 1)], request_timeout=timeout)[HEALTH_TOPIC]
-    try:
-        fut.result(timeout)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
+    futures = admin.create_topics([NewTopic(HEALTH_TOPIC, 1, 1)], request_timeout=timeout)
+    topic_created(futures[HEALTH_TOPIC], timeout)
     token = uuid.uuid4().hex.encode()
     # log_level 3: the broker's "coordinator load in progress" warnings at start-up are noise here.
     producer = Producer(s.librdkafka(**{"enable.idempotence": True, "acks": "all", "log_level": 3}))
