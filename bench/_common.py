@@ -62,20 +62,9 @@ def machine() -> str:
 
 
 def private_settings(s: Settings, name: str, **extra: object) -> tuple[Settings, dict[str, str]]:
-    """Settings with fresh topic names and worker app id (created), and the same as env vars
-    for a worker subprocess."""
-    tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    env = {
-        "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-        "SPENDSTREAM_STACK_DIR": str(s.stack_dir),
-        "SPENDSTREAM_WORKER_APP_ID": f"bench-{tag}",
-        **{
-            f"SPENDSTREAM_TOPIC_{t.upper()}": f"bench.{tag}.{t}"
-            for t in ("raw", "enriched", "alerts", "dlq", "partials", "windows")
-        },
-        **{f"SPENDSTREAM_{k.upper()}": str(v) for k, v in extra.items()},
-    }
-    ps = Settings(**{k.removeprefix("SPENDSTREAM_").lower(): v for k, v in env.items()})
+    """Settings with fresh topics (created) and worker app id, and the same as env vars for a
+    worker subprocess."""
+    ps, env = s.isolated(f"bench-{name}-{uuid.uuid4().hex[:8]}", **extra)
     ensure_topics(ps)
     return ps, env
 

@@ -203,6 +203,21 @@ class Settings(BaseSettings):
         self.stack_dir = self.stack_dir.expanduser().resolve()
         return self
 
+    def isolated(self, name: str, **extra: Any) -> tuple[Settings, dict[str, str]]:
+        """These settings with topics ``<name>.raw`` … and worker group ``name``: a run that
+        must not share event-time state with others (the demo, a soak, a test). Also returned
+        as ``SPENDSTREAM_*`` variables for the run's child processes."""
+        update: dict[str, Any] = {
+            f"topic_{t}": f"{name}.{t}"
+            for t in ("raw", "enriched", "alerts", "dlq", "partials", "windows")
+        }
+        update["worker_app_id"] = name
+        update.update(extra)
+        env = {f"SPENDSTREAM_{k.upper()}": str(v) for k, v in update.items()}
+        env["SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap_servers
+        env["SPENDSTREAM_STACK_DIR"] = str(self.stack_dir)
+        return type(self).model_validate({**self.model_dump(), **update}), env
+
     def librdkafka(self, **overrides: Any) -> dict[str, Any]:
         """confluent-kafka client config: connection + security + passthrough + overrides."""
         conf: dict[str, Any] = {

@@ -25,21 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def private_settings(base: Settings, name: str, **extra: Any) -> tuple[Settings, dict[str, str]]:
-    """Settings with fresh topic names and app id; also as env vars for subprocesses."""
-    tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    env = {
-        "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS": base.kafka_bootstrap_servers,
-        "SPENDSTREAM_STACK_DIR": str(base.stack_dir),
-        "SPENDSTREAM_TOPIC_RAW": f"t.{tag}.raw",
-        "SPENDSTREAM_TOPIC_ENRICHED": f"t.{tag}.enriched",
-        "SPENDSTREAM_TOPIC_ALERTS": f"t.{tag}.alerts",
-        "SPENDSTREAM_TOPIC_DLQ": f"t.{tag}.dlq",
-        "SPENDSTREAM_TOPIC_PARTIALS": f"t.{tag}.partials",
-        "SPENDSTREAM_TOPIC_WINDOWS": f"t.{tag}.windows",
-        "SPENDSTREAM_WORKER_APP_ID": f"w-{tag}",
-        **{f"SPENDSTREAM_{k.upper()}": str(v) for k, v in extra.items()},
-    }
-    s = Settings(**{k.removeprefix("SPENDSTREAM_").lower(): v for k, v in env.items()})
+    """Settings with fresh topics (created) and worker group; also as env for subprocesses."""
+    s, env = base.isolated(f"t-{name}-{uuid.uuid4().hex[:8]}", **extra)
     ensure_topics(s)
     return s, env
 
@@ -164,36 +151,6 @@ def sink_process(env: dict[str, str], log_dir: Path) -> Iterator[subprocess.Pope
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-
-
-def group_lag(s: Settings, group: str, topic: str) -> int:
-    """Records of ``topic`` not yet committed by ``group``."""
-    from confluent_kafka import TopicPartition
-
-    c = Consumer(s.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        tps = [TopicPartition(topic, p) for p in parts]
-        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
-        lag = 0
-        for tp in tps:
-            end = c.get_watermark_offsets(tp, timeout=10)[1]
-            lag += end - max(committed.get(tp.partition, 0), 0)
-        return lag
-    finally:
-        c.close()
-
-
-def prom_query(s: Settings, expr: str) -> list[Any]:
-    """An instant query to the stack's Prometheus; the result vector."""
-    import urllib.parse
-    import urllib.request
-
-    url = f"{s.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        body = json.loads(resp.read())
-    assert body["status"] == "success", body
-    return list(body["data"]["result"])
 
 
 def start_replay(env: dict[str, str], path: Path, *speed: str) -> subprocess.Popen[bytes]:

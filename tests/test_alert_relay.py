@@ -21,8 +21,9 @@ from confluent_kafka import Producer
 
 from spendstream.alerts import Alert, alert_id
 from spendstream.config import Settings
+from spendstream.probes import group_lag
 from spendstream.sinks.alert_relay import line_of, payload
-from tests.stream_helpers import ROOT, group_lag, private_settings, wait_for
+from tests.stream_helpers import ROOT, private_settings, wait_for
 
 T0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
 

@@ -11,8 +11,9 @@ import pytest
 
 from spendstream.config import Settings
 from spendstream.events import example_event
+from spendstream.probes import prom_query
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
-from tests.stream_helpers import private_settings, prom_query, replay, wait_for, workers
+from tests.stream_helpers import private_settings, replay, wait_for, workers
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

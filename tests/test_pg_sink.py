@@ -16,6 +16,7 @@ import pytest
 
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
+from spendstream.probes import group_lag, prom_query
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
 from spendstream.sinks.db import ensure_partitions, migrate, parse_age, prune
 from spendstream.sinks.postgres import migrate_db
@@ -23,10 +24,8 @@ from spendstream.stack.checks import postgres_ensure_database
 from spendstream.stream.prices import PICO
 from tests.stream_helpers import (
     TopicReader,
-    group_lag,
     latest_windows,
     private_settings,
-    prom_query,
     replay,
     sink_process,
     start_replay,
@@ -203,9 +202,11 @@ def test_report_groups_costs_shares_and_p95_from_the_rows(stack: Settings) -> No
     s, _ = migrated_db(stack, "report")
     t0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
 
-    def call(endpoint: str, team: str, usd: str, latency: float, minute: int) -> EnrichedEvent:
+    def call(
+        endpoint: str, team: str, usd: str, latency: float, minute: int, **tags: str
+    ) -> EnrichedEvent:
         ev = example_event(
-            endpoint=endpoint, team=team, latency_ms=latency,
+            endpoint=endpoint, team=team, latency_ms=latency, tags=tags,
             timestamp=t0 + timedelta(minutes=minute), event_id=uuid.uuid4(),
         )  # fmt: skip
         cost = Cost(input=Decimal(usd), output=Decimal(0), total=Decimal(usd), price_source="t")
@@ -214,19 +215,29 @@ def test_report_groups_costs_shares_and_p95_from_the_rows(stack: Settings) -> No
         )
 
     calls = [call("/a", "x", "0.30", 100.0 * (i + 1), i) for i in range(20)]  # 6.00
-    calls += [call("/b", "y", "2.00", 50.0, 30), call("/b", "y", "2.00", 70.0, 31)]  # 4.00
+    calls += [call("/b", "y", "2.00", 50.0, m, run="r2", env="prod") for m in (30, 31)]  # 4.00
     calls += [call("/c", "x", "1.00", 10.0, 90)]  # outside the hour asked for
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[Any], list[Any], list[Any]]:
         conn = await asyncpg.connect(s.postgres_dsn)
         try:
             sink = PostgresSink(conn)
             assert await sink.write([row_of(c) for c in calls]) == len(calls)
-            return await report(conn, t0, t0 + timedelta(hours=1), "endpoint")
+            hour = (t0, t0 + timedelta(hours=1), "endpoint")
+            return (
+                await report(conn, *hour),
+                await report(conn, *hour, tags={"run": "r2"}),
+                await report(conn, *hour, tags={"run": "r2", "env": "dev"}),
+            )
         finally:
             await conn.close()
 
-    rows = asyncio.run(go())
+    rows, tagged, mismatched = asyncio.run(go())
+    # --tag keeps only calls carrying every given tag
+    assert [(r.key, r.cost_usd, r.calls) for r in tagged] == [
+        (f"{calls[0].event.service}/b", Decimal("4.000000000000"), 2)
+    ]
+    assert mismatched == []
     svc = calls[0].event.service
     assert [(r.key, r.cost_usd, r.calls) for r in rows] == [
         (f"{svc}/a", Decimal("6.000000000000"), 20),

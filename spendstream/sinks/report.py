@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,8 +32,11 @@ class ReportRow:
     unpriced_calls: int
 
 
-async def report(conn: Any, since: datetime, until: datetime, by: str) -> list[ReportRow]:
-    """Rows by ``by`` for calls in [since, until), most expensive first."""
+async def report(
+    conn: Any, since: datetime, until: datetime, by: str, tags: dict[str, str] | None = None
+) -> list[ReportRow]:
+    """Rows by ``by`` for calls in [since, until), most expensive first; ``tags`` keeps only
+    calls carrying all of those tags (a run, an experiment, a feature flag)."""
     if by not in BY:
         raise ValueError(f"--by must be one of {', '.join(BY)}")
     rows = await conn.fetch(
@@ -41,11 +45,12 @@ async def report(conn: Any, since: datetime, until: datetime, by: str) -> list[R
                sum(input_tokens) AS inp, sum(output_tokens) AS out,
                percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
                count(*) FILTER (WHERE price_unknown) AS unpriced
-        FROM llm_calls WHERE ts >= $1 AND ts < $2
+        FROM llm_calls WHERE ts >= $1 AND ts < $2 AND tags @> $3::jsonb
         GROUP BY 1 ORDER BY cost DESC, key
         """,
         since,
         until,
+        json.dumps(tags or {}),
     )
     total = sum((r["cost"] for r in rows), Decimal(0))
     return [
