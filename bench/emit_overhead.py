@@ -16,8 +16,8 @@ import numpy as np
 from _common import fresh_topic, machine, pct_us, result, settings_with_stack
 from confluent_kafka import Producer
 
-from spendstream.demo import sample_events
 from spendstream.producers import Emitter
+from spendstream.producers.synthetic import sample_events
 
 
 def time_calls(fn, items) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -15,8 +15,8 @@ import time
 from _common import fresh_topic, machine, result, settings_with_stack
 from confluent_kafka import Producer
 
-from spendstream.demo import sample_events
 from spendstream.producers import Emitter
+from spendstream.producers.synthetic import sample_events
 
 
 def main(n: int = 200_000) -> None:

@@ -51,9 +51,10 @@ def _topics(args: argparse.Namespace, s: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, s: Settings) -> int:
-    from .demo import run_demo
+    from .demo import DemoPlan, run_demo
 
-    return run_demo(s, n=args.count)
+    plan = DemoPlan(rate=args.rate, time_scale=args.time_scale, workers=args.workers)
+    return 0 if run_demo(s, plan, keep=args.keep).ok else 1
 
 
 def _start_time(text: str) -> datetime:
@@ -195,11 +196,18 @@ def _report(args: argparse.Namespace, s: Settings) -> int:
 
     now = datetime.now(UTC)
     since, until = when(args.since, now), when(args.until, now)
+    tags: dict[str, str] = {}
+    for item in args.tag:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            print(f"spendstream report: --tag wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        tags[k] = v
 
     async def go() -> str:
         conn = await connect(s)
         try:
-            rows = await report(conn, since, until, args.by)
+            rows = await report(conn, since, until, args.by, tags)
         finally:
             await conn.close()
         if args.csv:
@@ -328,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="endpoint",
         choices=["endpoint", "model", "team", "user", "prompt_version", "service"],
     )
+    rpt.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only calls carrying this tag (repeatable; all must match)",
+    )
     rpt.add_argument("--csv", action="store_true", help="CSV for export")
     rpt.set_defaults(func=_report)
 
@@ -345,8 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--group", default="spendstream-sink-postgres", help="consumer group")
     sk.set_defaults(func=_sink)
 
-    dm = sub.add_parser("demo", help="the main job: stack up and events through the pipeline")
-    dm.add_argument("--count", type=int, default=1000)
+    dm = sub.add_parser(
+        "demo", help="the main job: traffic from several services, an incident, its alert"
+    )
+    dm.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    dm.add_argument("--rate", type=float, default=300.0, help="events per wall second")
+    dm.add_argument(
+        "--time-scale", type=float, default=60.0, help="simulated seconds per wall second"
+    )
+    dm.add_argument("--workers", type=int, default=2, help="stream workers to start")
     dm.set_defaults(func=_demo)
     return p
 

@@ -1,161 +1,534 @@
-"""`spendstream demo` (`make demo`): bring the stack up and prove events flow through Kafka.
+"""`spendstream demo` (`make demo`): the whole job on one machine, in about two minutes.
 
-Today the demo produces a batch of schema-valid call events into the raw topic with
-confluent-kafka (what the producer SDK uses) and reads exactly those back with aiokafka (what
-the Faust workers use), comparing every event field by field.
+The real stack comes up; two stream workers, the PostgreSQL sink and the alert relay start as
+the processes a deployment would run; synthetic traffic from four services is emitted through
+the SDK with time compressed (one simulated minute per wall second by default). Half an hour
+in, one endpoint silently switches from a cheap model to an expensive one. The demo prints the
+closed per-endpoint minutes as they arrive, the alerts as a webhook receiver gets them (firing,
+then resolved), a report from PostgreSQL checked against the emitted events priced in this
+process, and the dashboard's Prometheus queries.
+
+Each run uses its own topics and worker group (``spendstream-demo-<run>``), so a rerun starts
+from fresh event-time state; its calls carry the tag ``demo_run=<run>`` in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
+from .alerts import Alert
 from .config import Settings
-from .events import LLMCallEvent, Usage
+from .events import LLMCallEvent
+from .probes import prom_query, prom_value
+
+PREFIX = "spendstream-demo-"
+TAG = "demo_run"
 
 
 @dataclass(frozen=True, slots=True)
-class RoundTrip:
-    produced: int
-    consumed: int
-    mismatched: int
-    seconds: float
+class DemoPlan:
+    """What the demo emits; event time ends at about the wall time the run starts."""
+
+    rate: float = 300.0
+    """Events per wall second."""
+    time_scale: float = 60.0
+    """Simulated seconds per wall second."""
+    warmup_min: int = 30
+    """Normal traffic before the incident (the spike rule needs 15 minutes of baseline)."""
+    incident_min: int = 20
+    after_min: int = 20
+    target: str = "support-bot/v1/answer"
+    seed: int = 7
+    workers: int = 2
+
+    @property
+    def span(self) -> timedelta:
+        return timedelta(minutes=self.warmup_min + self.incident_min + self.after_min)
+
+    @property
+    def incident(self) -> str:
+        return f"model-switch@{self.warmup_min}m+{self.incident_min}m:{self.target}"
 
 
-def sample_events(n: int, run_id: str, seed: int = 0) -> list[LLMCallEvent]:
-    """``n`` varied, valid events tagged with ``run_id`` (deterministic for a seed)."""
-    rng = random.Random(seed)
-    start = datetime.now(UTC).replace(microsecond=0)
-    services = {
-        "support-bot": ["/v1/answer", "/v1/summarize"],
-        "search": ["/query"],
-        "billing-assistant": ["/explain-invoice"],
-    }
-    models = [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku")]
-    events = []
-    for i in range(n):
-        service = rng.choice(list(services))
-        provider, model = rng.choice(models)
-        inp = rng.randint(50, 8000)
-        cached = rng.choice([0, 0, inp // 2])
-        events.append(
-            LLMCallEvent(
-                event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
-                timestamp=start + timedelta(milliseconds=37 * i),
-                service=service,
-                endpoint=rng.choice(services[service]),
-                provider=provider,
-                request_model=model,
-                team=rng.choice(["search", "support", "finance"]),
-                user_id=f"u-{rng.randint(1, 500)}",
-                tags={"run": run_id},
-                usage=Usage(
-                    input_tokens=inp, output_tokens=rng.randint(1, 1500), cache_read_tokens=cached
-                ),
-                latency_ms=round(rng.uniform(80, 4000), 1),
+def plan_events(plan: DemoPlan, run_id: str, end: datetime) -> list[LLMCallEvent]:
+    """The run's events, in event-time order, tagged ``demo_run=<run_id>``."""
+    from .producers.synthetic import SyntheticTraffic, TrafficConfig, with_incidents
+
+    start = end.replace(second=0, microsecond=0) - plan.span
+    cfg = with_incidents(
+        TrafficConfig(seed=plan.seed, rate=plan.rate, time_scale=plan.time_scale, start=start),
+        [plan.incident],
+    )
+    return [
+        e.model_copy(update={"tags": {**e.tags, TAG: run_id}})
+        for e in SyntheticTraffic(cfg).events(until=start + plan.span)
+    ]
+
+
+def drop_old_runs(s: Settings, keep: str) -> list[str]:
+    """Delete the topics of earlier demo runs (their data stays in PostgreSQL)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(s.librdkafka())
+    old = [
+        t
+        for t in admin.list_topics(timeout=10).topics
+        if t.startswith(PREFIX) and not t.startswith(PREFIX + keep)
+    ]
+    if old:
+        for fut in admin.delete_topics(old, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                fut.result()
+    return old
+
+
+class Console:
+    """Timestamped, thread-safe progress lines (the receiver prints from its own thread)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.lock = threading.Lock()
+
+    def say(self, text: str = "", stamp: bool = True) -> None:
+        prefix = f"[{time.monotonic() - self.t0:6.1f}s] " if stamp else ""
+        with self.lock:
+            print(prefix + text, flush=True)
+
+
+@dataclass
+class AlertReceiver:
+    """A local webhook receiver: the relay POSTs alerts here and it prints each one."""
+
+    console: Console
+    alerts: list[Alert] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    a = Alert.from_json(body)
+                except ValueError:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                receiver.received(a)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def received(self, a: Alert) -> None:
+        from .sinks.alert_relay import line_of
+
+        self.alerts.append(a)
+        self.console.say(f"  webhook <- {line_of(a)}")
+
+    def seen(self, scope: str, status: str) -> bool:
+        return any(a.scope == scope and a.status == status for a in list(self.alerts))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Children:
+    """The processes a deployment runs (workers, sink, relay), stopped together."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, *args: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spendstream.cli", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append((name, proc))
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.procs if p.poll() is not None]
+
+    def stop(self) -> None:
+        for _, p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+class LiveTable:
+    """Closed 1-minute spend per endpoint, read from the windows topic and printed as rows."""
+
+    def __init__(self, s: Settings, console: Console, endpoints: list[str]) -> None:
+        from confluent_kafka import Consumer
+
+        self.console = console
+        self.endpoints = endpoints
+        self.labels = [e.rsplit("/", 1)[-1] for e in endpoints]
+        self.spend: dict[tuple[str, int], int] = {}
+        self.closed_global: set[int] = set()
+        self.printed = -1
+        self.c = Consumer(
+            s.librdkafka(
+                **{
+                    "group.id": f"{PREFIX}live-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
             )
         )
-    return events
+        self.c.subscribe([s.topic_windows])
+
+    def header(self) -> None:
+        cols = " ".join(f"{lab:>{max(len(lab), 8)}}" for lab in self.labels)
+        self.console.say(f"{'minute':>6} {cols} {'total':>9}", stamp=False)
+
+    def poll(self, seconds: float) -> None:
+        from .stream.pipeline import WindowSummary
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            msg = self.c.poll(0.1)
+            value = None if msg is None or msg.error() is not None else msg.value()
+            if value is None:
+                continue
+            w = WindowSummary.from_json(value)
+            self.spend[(w.scope, w.minute)] = w.spend_pico
+            if w.scope == "global:all":
+                self.closed_global.add(w.minute)
+
+    def print_rows(self, show: Callable[[int], str | None]) -> None:
+        """Rows for every closed minute not yet printed that ``show`` picks (its note is
+        appended); a minute is printed once the next one has closed, so all its scopes are in."""
+        from .stream.prices import pico_to_usd
+
+        closed = self.closed_global
+        ready = sorted(m for m in closed if m > self.printed and m + 1 in closed)
+        for m in ready:
+            self.printed = m
+            note = show(m)
+            if note is None:
+                continue
+            cells = []
+            for ep, lab in zip(self.endpoints, self.labels, strict=True):
+                v = self.spend.get((f"endpoint:{ep}", m))
+                cells.append(f"{'-' if v is None else f'{pico_to_usd(v):.4f}':>{max(len(lab), 8)}}")
+            total = pico_to_usd(self.spend.get(("global:all", m), 0))
+            hhmm = datetime.fromtimestamp(m * 60, UTC).strftime("%H:%M")
+            self.console.say(f"{hhmm:>6} {' '.join(cells)} {total:>9.4f}{note}", stamp=False)
+
+    def close(self) -> None:
+        self.c.close()
 
 
-def round_trip(s: Settings, n: int = 1000, timeout: float = 30.0) -> RoundTrip:
-    """Produce ``n`` events to the raw topic and read them back; compare field by field."""
-    from confluent_kafka import Producer
+@dataclass
+class DemoResult:
+    run_id: str
+    start: datetime
+    """Event time of the first simulated minute (``plan_events(plan, run_id, start + span)``
+    reproduces the run's events)."""
+    emitted: int
+    expected_usd: Decimal
+    rows: int = 0
+    prom_calls: int = 0
+    stored_usd: Decimal = Decimal(0)
+    fired: bool = False
+    resolved: bool = False
+    problems: list[str] = field(default_factory=list)
 
-    run_id = uuid.uuid4().hex[:12]
-    events = sample_events(n, run_id)
-    t0 = time.monotonic()
-    start_offsets = end_offsets(s, s.topic_raw)
-    producer = Producer(
-        s.librdkafka(
-            **{
-                "enable.idempotence": True,
-                "acks": "all",
-                "compression.type": "zstd",
-                "linger.ms": 5,
-            }
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _wait(check: Callable[[], bool], seconds: float, every: Callable[[], None]) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        every()
+    return check()
+
+
+async def _pg(s: Settings, run_id: str) -> tuple[int, Decimal]:
+    from .sinks.postgres import connect
+
+    conn = await connect(s)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, coalesce(sum(cost_usd), 0) AS usd FROM llm_calls "
+            "WHERE tags @> $1::jsonb",
+            json.dumps({TAG: run_id}),
         )
-    )
-    for ev in events:
-        producer.produce(s.topic_raw, key=ev.kafka_key(), value=ev.to_json())
-        producer.poll(0)
-    if producer.flush(timeout) != 0:
-        raise RuntimeError("not every event was delivered within the timeout")
-    got = asyncio.run(_consume_run(s, start_offsets, run_id, n, timeout))
-    by_id = {ev.event_id: ev for ev in events}
-    mismatched = sum(1 for ev in got if by_id.get(ev.event_id) != ev)
-    return RoundTrip(n, len(got), mismatched, time.monotonic() - t0)
-
-
-def end_offsets(s: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """High watermark of every partition of ``topic``: where records produced next will land."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        s.librdkafka(**{"group.id": "spendstream-offsets", "enable.auto.commit": False})
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        if meta.error is not None:
-            raise RuntimeError(f"topic {topic}: {meta.error}; run `spendstream stack up`")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-            for p in meta.partitions
-        }
+        return int(row["n"]), Decimal(row["usd"])
     finally:
-        consumer.close()
+        await conn.close()
 
 
-async def _consume_run(
-    s: Settings, start: dict[int, int], run_id: str, n: int, deadline_s: float
-) -> list[LLMCallEvent]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+async def _report(s: Settings, run_id: str, since: datetime, until: datetime) -> str:
+    from .sinks.postgres import connect
+    from .sinks.report import report, to_table
 
-    consumer = AIOKafkaConsumer(**s.aiokafka(), enable_auto_commit=False)
-    await consumer.start()
-    out: list[LLMCallEvent] = []
+    conn = await connect(s)
     try:
-        tps = [TopicPartition(s.topic_raw, p) for p in start]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, start[tp.partition])
-        deadline = time.monotonic() + deadline_s
-        while len(out) < n and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for rec in records:
-                    ev = LLMCallEvent.from_json(rec.value or b"")
-                    if ev.tags.get("run") == run_id:
-                        out.append(ev)
+        rows = await report(conn, since, until, "endpoint", {TAG: run_id})
     finally:
-        await consumer.stop()
-    return out
+        await conn.close()
+    return to_table(rows, "endpoint")
 
 
-def run_demo(s: Settings, n: int = 1000) -> int:
-    """Entry point of `spendstream demo`; returns a process exit code."""
+PROM_QUERIES = (
+    ("spend by endpoint, USD (counters of the running workers)",
+     "sum by (service, endpoint) (spendstream_llm_cost_usd_total)"),
+    ("dashboard 'Spend, last hour'", "sum(increase(spendstream_llm_cost_usd_total[1h]))"),
+    ("dashboard 'Model mix (share of spend)'",
+     "sum by (model) (rate(spendstream_llm_cost_usd_total[15m])) / ignoring(model) "
+     "group_left sum(rate(spendstream_llm_cost_usd_total[15m]))"),
+    ("dashboard 'Dead letters (last hour)'", "sum(increase(spendstream_dead_letters_total[1h]))"),
+    ("dashboard 'Consumer lag (raw records)'", "sum(spendstream_consumer_lag_records)"),
+)  # fmt: skip
+
+
+def _series(r: dict[str, Any]) -> str:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items()) if k != "__name__")
+    return labels or "value"
+
+
+def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> DemoResult:
+    """Entry point of `spendstream demo`. Stops the stack services it started unless ``keep``."""
     from . import stack
+    from .producers.emitter import Emitter
+    from .producers.replay import publish
+    from .producers.synthetic import CATALOG, PRICIER
+    from .stream.enrich import Enricher
+    from .stream.prices import pico_to_usd
+    from .topics import ensure_topics
 
-    print(f"spendstream demo: bringing the local stack up in {s.stack_dir} ...", flush=True)
-    t0 = time.monotonic()
+    plan = plan or DemoPlan()
+    con = Console()
+    run_id = uuid.uuid4().hex[:8]
+    wall = plan.span.total_seconds() / plan.time_scale
+    con.say(
+        f"spendstream demo, run {run_id}: {plan.span.total_seconds() / 60:.0f} simulated "
+        f"minutes of traffic in {wall:.0f} s of wall time ({plan.time_scale:g}x)"
+    )
+    before = stack.status(s)
+    was_up = {st.name for st in before if st.ready}
+    con.say(f"bringing the local stack up in {s.stack_dir} (first run downloads Kafka) ...")
     for st in stack.up(s):
-        print(f"  {st.name:<11} {st.state:<8} 127.0.0.1:{st.port}", flush=True)
-    print(f"stack ready in {time.monotonic() - t0:.1f}s", flush=True)
-    print(
-        f"producing {n} call events to '{s.topic_raw}' (confluent-kafka) and reading them "
-        "back (aiokafka) ...",
-        flush=True,
+        con.say(f"  {st.name:<11} {st.state:<8} 127.0.0.1:{st.port}")
+    ds, env = s.isolated(PREFIX + run_id)
+    dropped = drop_old_runs(s, run_id)
+    if dropped:
+        con.say(f"deleted {len(dropped)} topics of earlier demo runs")
+    ensure_topics(ds)
+
+    events = plan_events(plan, run_id, datetime.now(UTC))
+    enricher = Enricher()
+    expected = pico_to_usd(sum(enricher.enrich(e, e.to_json()).cost_pico for e in events))
+    start = events[0].timestamp.replace(second=0, microsecond=0)
+    res = DemoResult(run_id, start, len(events), expected)
+    inc_from = int((start + timedelta(minutes=plan.warmup_min)).timestamp() // 60)
+    inc_to = inc_from + plan.incident_min
+    profile = next(p for p in CATALOG if p.scope == plan.target)
+    target_scope = f"endpoint:{plan.target}"
+
+    log_dir = s.stack_dir / "demo" / run_id
+    log_dir.mkdir(parents=True, exist_ok=True)
+    receiver = AlertReceiver(con)
+    kids = Children(env, log_dir)
+    live: LiveTable | None = None
+    try:
+        for i in range(plan.workers):
+            kids.start(f"worker-{i}", "worker")
+        kids.start("sink-postgres", "sink", "postgres", "--group", f"{PREFIX}{run_id}-sink")
+        kids.start(
+            "alert-relay", "alerts", "relay", "--webhook", receiver.url,
+            "--group", f"{PREFIX}{run_id}-relay",
+        )  # fmt: skip
+        con.say(
+            f"started {plan.workers} stream workers, the PostgreSQL sink and the alert relay "
+            f"(logs in {log_dir}); alerts go to a local webhook receiver at {receiver.url}"
+        )
+        services = sorted({p.service for p in CATALOG})
+        con.say(
+            f"emitting {len(events):,} calls from {len(services)} services "
+            f"({', '.join(services)}) through the SDK, {plan.rate:g}/s"
+        )
+        con.say(
+            f"incident at {datetime.fromtimestamp(inc_from * 60, UTC):%H:%M} (simulated): "
+            f"{plan.target} silently switches {profile.model} -> {PRICIER[profile.model]} "
+            f"for {plan.incident_min} minutes"
+        )
+        live = LiveTable(ds, con, [p.scope for p in CATALOG])
+        con.say("closed minutes, spend per endpoint in USD (simulated time, UTC):")
+        for p in CATALOG:
+            label = p.endpoint.rsplit("/", 1)[-1]
+            con.say(f"  {label:<16} {p.scope} ({p.provider}/{p.model})", stamp=False)
+        live.header()
+
+        def show(m: int) -> str | None:
+            if m == inc_from:
+                return "  <- model switch"
+            if m == inc_to:
+                return "  <- switched back"
+            near = min(abs(m - inc_from), abs(m - inc_to))
+            if inc_from <= m < inc_to or near <= 3:
+                return "  *" if inc_from <= m < inc_to else ""
+            return "" if m % 5 == 0 else None
+
+        out: dict[str, Any] = {}
+
+        def produce() -> None:
+            with Emitter(ds, register_atexit=False) as emitter:
+                out["res"] = publish(events, emitter, speed=plan.time_scale)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+
+        def tick() -> None:
+            assert live is not None
+            live.poll(0.5)
+            live.print_rows(show)
+            dead = kids.dead()
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited early; see the logs in {log_dir}")
+
+        while producer.is_alive():
+            tick()
+        pub = out.get("res")
+        if pub is None or pub.dropped:
+            res.problems.append(f"the emitter dropped events: {pub}")
+        con.say(f"emitted {len(events):,} calls; checking the incident's alerts ...")
+        res.fired = _wait(lambda: receiver.seen(target_scope, "firing"), 60, tick)
+        res.resolved = _wait(lambda: receiver.seen(target_scope, "resolved"), 90, tick)
+        if not res.fired:
+            res.problems.append(f"no firing alert for {target_scope} reached the webhook")
+        elif not res.resolved:
+            res.problems.append(f"the alert for {target_scope} did not resolve")
+
+        con.say("waiting for the PostgreSQL sink to store every call ...")
+        counts: dict[str, Any] = {}
+
+        def stored() -> bool:
+            counts["n"], counts["usd"] = asyncio.run(_pg(s, run_id))
+            return bool(counts["n"] >= len(events))
+
+        _wait(stored, 120, lambda: time.sleep(0.5))
+        res.rows, res.stored_usd = counts["n"], counts["usd"]
+        until = events[-1].timestamp + timedelta(seconds=1)
+        con.say(
+            "report from PostgreSQL (the same as `spendstream report --by endpoint "
+            f"--since {start:%Y-%m-%dT%H:%M}Z --until {until:%Y-%m-%dT%H:%M:%S}Z "
+            f"--tag {TAG}={run_id}`):"
+        )
+        con.say(asyncio.run(_report(s, run_id, start, until)), stamp=False)
+        same = res.rows == len(events) and res.stored_usd == expected
+        con.say(
+            f"PostgreSQL: {res.rows:,} rows, total ${res.stored_usd}; the {len(events):,} "
+            f"emitted calls priced in this process: ${expected} -> "
+            + ("equal" if same else "DIFFERENT")
+        )
+        if not same:
+            res.problems.append(
+                f"PostgreSQL has {res.rows} rows / ${res.stored_usd}, "
+                f"emitted {len(events)} / ${expected}"
+            )
+
+        calls_q, cost_q = (
+            "sum(spendstream_llm_requests_total)",
+            "sum(spendstream_llm_cost_usd_total)",
+        )
+        _wait(lambda: prom_value(s, calls_q) >= len(events), 30, lambda: time.sleep(1))
+        res.prom_calls, prom_usd = int(prom_value(s, calls_q)), prom_value(s, cost_q)
+        con.say(f"Prometheus ({s.prometheus_url}), the queries behind the dashboard:")
+        for title, expr in PROM_QUERIES:
+            con.say(f"  {title}:  {expr}", stamp=False)
+            try:
+                rows = prom_query(s, expr)
+            except OSError as exc:
+                con.say(f"      unavailable: {exc}", stamp=False)
+                continue
+            for r in sorted(rows, key=lambda r: -float(r["value"][1]))[:8]:
+                con.say(f"      {_series(r):<58} {float(r['value'][1]):.6g}", stamp=False)
+        agree = res.prom_calls == len(events) and abs(prom_usd - float(expected)) < 1e-6
+        con.say(
+            f"Prometheus counters: {res.prom_calls:,} calls, ${prom_usd:.6f} (float) -> "
+            + ("agree with PostgreSQL" if agree else "DISAGREE with PostgreSQL")
+        )
+        if not agree:
+            res.problems.append(f"Prometheus counts {res.prom_calls} calls / ${prom_usd}")
+    except KeyboardInterrupt:
+        res.problems.append("interrupted")
+    except RuntimeError as exc:
+        res.problems.append(str(exc))
+    finally:
+        if live is not None:
+            live.close()
+        kids.stop()
+        receiver.close()
+        started = [st.name for st in before if st.name not in was_up]
+        if not keep and started:
+            stack.down(s, started)
+            con.say(f"stopped what the demo started ({', '.join(started)}); --keep leaves it up")
+
+    fired = sum(1 for a in receiver.alerts if a.status == "firing")
+    con.say(
+        f"alerts delivered to the webhook: {len(receiver.alerts)} "
+        f"({fired} firing, {len(receiver.alerts) - fired} resolved)"
     )
-    rt = round_trip(s, n)
-    ok = rt.consumed == rt.produced and rt.mismatched == 0
-    print(
-        f"  produced {rt.produced}, consumed {rt.consumed}, mismatched {rt.mismatched} "
-        f"in {rt.seconds:.2f}s -> {'OK' if ok else 'FAILED'}",
-        flush=True,
-    )
-    print("next: `spendstream stack status`, `spendstream stack down`", flush=True)
-    return 0 if ok else 1
+    _next_steps(con, s, ds, run_id, keep or not started)
+    con.say("demo OK" if res.ok else "demo FAILED: " + "; ".join(res.problems))
+    return res
+
+
+def _next_steps(con: Console, s: Settings, ds: Settings, run_id: str, stack_up: bool) -> None:
+    up = "" if stack_up else "(after `spendstream stack up`) "
+    con.say(f"where to look next {up}:".replace(" :", ":"), stamp=False)
+    for line in (
+        f"  spendstream report --since 3h --by model --tag {TAG}={run_id}",
+        f"  SPENDSTREAM_TOPIC_ALERTS={ds.topic_alerts} spendstream alerts tail --from-beginning",
+        "  grafana/spendstream.json: import it into Grafana with Prometheus "
+        f"{s.prometheus_url} as the data source",
+        f"  {s.prometheus_url}/alerts: the Prometheus rules from infra/prometheus/rules",
+        "  spendstream stack down: stop the stack (data stays in .stack/)",
+    ):
+        con.say(line, stamp=False)

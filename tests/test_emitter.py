@@ -11,9 +11,9 @@ import pytest
 
 from spendstream import stack as local_stack
 from spendstream.config import Settings
-from spendstream.demo import sample_events
 from spendstream.producers import Emitter
 from spendstream.producers.emitter import _DRAIN_MAX
+from spendstream.producers.synthetic import sample_events
 from tests.kafka_helpers import fresh_topic, read_events
 
 pytestmark = pytest.mark.stack

@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Producer
 
 from spendstream.config import Settings
-from spendstream.demo import sample_events
 from spendstream.events import LLMCallEvent
+from spendstream.producers.synthetic import sample_events
 from spendstream.topics import TopicSpec, ensure_topics, topic_partitions
 
 pytestmark = pytest.mark.stack

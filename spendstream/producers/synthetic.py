@@ -248,6 +248,8 @@ class TrafficConfig:
     """Simulated seconds per wall second (3600: an hour of event time passes each second)."""
     start: datetime = DEFAULT_START
     incidents: tuple[Incident, ...] = ()
+    daily_cycle: bool = True
+    """Vary the rate over the UTC day (0.35x at 04:00, 1x at 16:00); False: a flat ``rate``."""
     catalog: tuple[EndpointProfile, ...] = CATALOG
 
 
@@ -281,7 +283,8 @@ class SyntheticTraffic:
             factors = [self._rate_factor(p, offset) for p in self.c.catalog]
             weights = [w * f for w, f in zip(self._weights, factors, strict=True)]
             boost = sum(weights) / sum(self._weights)
-            lam = base * diurnal(t) / _DIURNAL_MEAN * boost
+            day = diurnal(t) / _DIURNAL_MEAN if self.c.daily_cycle else 1.0
+            lam = base * day * boost
             t = t + timedelta(microseconds=round(rng.expovariate(lam) * 1e6))
             if until is not None and t >= until:
                 return
@@ -393,3 +396,40 @@ class SyntheticTraffic:
 
 def with_incidents(config: TrafficConfig, specs: list[str]) -> TrafficConfig:
     return replace(config, incidents=tuple(Incident.parse(s) for s in specs))
+
+
+def sample_events(n: int, run_id: str, seed: int = 0) -> list[LLMCallEvent]:
+    """``n`` varied, valid events tagged ``run=<run_id>``, timestamped from now (deterministic
+    for a seed apart from the start): a quick load for tests and benchmarks."""
+    rng = random.Random(seed)
+    start = datetime.now(UTC).replace(microsecond=0)
+    services = {
+        "support-bot": ["/v1/answer", "/v1/summarize"],
+        "search": ["/query"],
+        "billing-assistant": ["/explain-invoice"],
+    }
+    models = [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku")]
+    events = []
+    for i in range(n):
+        service = rng.choice(list(services))
+        provider, model = rng.choice(models)
+        inp = rng.randint(50, 8000)
+        cached = rng.choice([0, 0, inp // 2])
+        events.append(
+            LLMCallEvent(
+                event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+                timestamp=start + timedelta(milliseconds=37 * i),
+                service=service,
+                endpoint=rng.choice(services[service]),
+                provider=provider,
+                request_model=model,
+                team=rng.choice(["search", "support", "finance"]),
+                user_id=f"u-{rng.randint(1, 500)}",
+                tags={"run": run_id},
+                usage=Usage(
+                    input_tokens=inp, output_tokens=rng.randint(1, 1500), cache_read_tokens=cached
+                ),
+                latency_ms=round(rng.uniform(80, 4000), 1),
+            )
+        )
+    return events

@@ -20,6 +20,7 @@ still enriched and priced).
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -45,6 +46,21 @@ class Snapshot:
     minute: int
     thru: int
     agg: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSummary:
+    """What readers of the windows topic need from a record (the demo's live table)."""
+
+    scope: str
+    minute: int
+    spend_pico: int
+    calls: int
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> WindowSummary:
+        d = json.loads(data)
+        return cls(d["scope"], int(d["minute"]), int(d["spend_pico"]), int(d["calls"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,72 @@
+"""`spendstream demo` end to end: the README's first command, checked from outside the demo."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from spendstream.alerts import Alert
+from spendstream.config import Settings
+from spendstream.demo import PREFIX, TAG, DemoPlan, plan_events, run_demo
+from spendstream.stream.enrich import Enricher
+from spendstream.stream.prices import pico_to_usd
+from tests.stream_helpers import TopicReader, wait_for
+from tests.test_pg_sink import query
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def test_demo_catches_the_model_switch_and_its_books_equal_the_emitted_costs(
+    stack: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = DemoPlan()
+    res = run_demo(stack, plan, keep=True)
+    out = capsys.readouterr().out
+    assert res.ok, (res.problems, out[-3000:])
+
+    # the run's events, regenerated and priced here, not by the demo
+    events = plan_events(plan, res.run_id, res.start + plan.span)
+    assert len(events) == res.emitted > 5_000
+    expected = pico_to_usd(sum(Enricher().enrich(e, e.to_json()).cost_pico for e in events))
+    run = json.dumps({TAG: res.run_id})
+    assert query(stack, "SELECT count(*) FROM llm_calls WHERE tags @> $1::jsonb", run) == len(
+        events
+    )
+    stored = query(stack, "SELECT sum(cost_usd) FROM llm_calls WHERE tags @> $1::jsonb", run)
+    assert Decimal(stored) == expected
+    assert f"total ${expected}" in out
+
+    # the alerts topic of the run: the target endpoint fired during the incident and resolved
+    # after it, once each; the webhook receiver printed both
+    ds, _ = stack.isolated(PREFIX + res.run_id)
+    reader = TopicReader(ds, ds.topic_alerts)
+    alerts: list[Alert] = []
+
+    def both() -> bool:
+        alerts[:] = [Alert.from_json(m.value()) for m in reader.records]
+        return {a.status for a in alerts if a.scope == "endpoint:" + plan.target} == {
+            "firing",
+            "resolved",
+        }
+
+    wait_for(both, 30, "the target's firing and resolved alerts", every=lambda: reader.poll(0.5))
+    reader.close()
+    on_target = [a for a in alerts if a.scope == "endpoint:" + plan.target]
+    assert sorted(a.status for a in on_target) == ["firing", "resolved"]
+    firing = next(a for a in on_target if a.status == "firing")
+    resolved = next(a for a in on_target if a.status == "resolved")
+    incident_from = res.start + timedelta(minutes=plan.warmup_min)
+    incident_to = incident_from + timedelta(minutes=plan.incident_min)
+    assert incident_from <= firing.window_start < incident_from + timedelta(minutes=5)
+    assert incident_to <= resolved.window_start < incident_to + timedelta(minutes=10)
+    assert firing.alert_id == resolved.alert_id
+    assert firing.top_contributors["model"][0].name.endswith("gpt-4o")
+    assert out.count(f"webhook <- [FIRING] {firing.severity} {firing.rule} {firing.scope}") == 1
+    assert out.count(f"webhook <- [resolved] info {resolved.rule} {resolved.scope}") == 1
+
+    # Prometheus, as the demo queried it while both workers ran: every call counted once,
+    # although the second worker's join moved partitions (and re-read records) mid-stream
+    assert res.prom_calls == len(events)
