@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint pytest drills stack-up stack-down stack-status clean-stack bench
+.PHONY: setup system-deps demo test lint pytest drills stack-up stack-down stack-status clean-stack bench soak
 
 setup: system-deps $(STAMP)
 
@@ -50,3 +50,9 @@ clean-stack: stack-down
 # Every benchmark in bench/, one after another, against the local stack.
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# 30 minutes at a steady rate: worker RSS and lag every 10 s -> bench/soak/soak.csv + soak.png.
+# Not part of `make test` or CI. SOAK_ARGS="--minutes 5 --rate 500" for a shorter run.
+soak: setup
+	$(BIN)/pip install -q -e '.[soak]'
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
