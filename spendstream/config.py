@@ -206,7 +206,8 @@ class Settings(BaseSettings):
     def isolated(self, name: str, **extra: Any) -> tuple[Settings, dict[str, str]]:
         """These settings with topics ``<name>.raw`` … and worker group ``name``: a run that
         must not share event-time state with others (the demo, a soak, a test). Also returned
-        as ``SPENDSTREAM_*`` variables for the run's child processes."""
+        as ``SPENDSTREAM_*`` variables for the run's child processes. ``extra`` overrides
+        fields as given: derived addresses (``postgres_dsn`` …) are not recomputed."""
         update: dict[str, Any] = {
             f"topic_{t}": f"{name}.{t}"
             for t in ("raw", "enriched", "alerts", "dlq", "partials", "windows")

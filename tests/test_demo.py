@@ -13,8 +13,8 @@ from spendstream.config import Settings
 from spendstream.demo import PREFIX, TAG, DemoPlan, plan_events, run_demo
 from spendstream.stream.enrich import Enricher
 from spendstream.stream.prices import pico_to_usd
+from tests.books import query
 from tests.stream_helpers import TopicReader, wait_for
-from tests.test_pg_sink import query
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
