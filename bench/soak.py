@@ -16,7 +16,6 @@ Run: ``python bench/soak.py [--minutes 30] [--rate 1000]``. Last line
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import os
@@ -31,12 +30,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from _common import machine, private_settings, result, settings_with_stack, start_worker
 
-from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
-from spendstream.probes import group_lag, prom_value
+from spendstream.probes import group_lag, pg_value, prom_value
 from spendstream.producers.emitter import Emitter
 from spendstream.producers.replay import publish
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
@@ -70,17 +67,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def pg(s: Settings, sql: str, *args: Any) -> Any:
-    async def go() -> Any:
-        conn = await asyncpg.connect(s.postgres_dsn)
-        try:
-            return await conn.fetchval(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
@@ -175,7 +161,7 @@ def main() -> int:
                 row = {
                     "t_s": round(time.monotonic() - t0, 1),
                     "emitted": em.n,
-                    "rows": pg(s, count_sql, tag, start - timedelta(minutes=1)),
+                    "rows": pg_value(s, count_sql, tag, start - timedelta(minutes=1)),
                     "raw_lag": group_lag(s, s.worker_app_id, s.topic_raw),
                     "enriched_lag": group_lag(s, sink_group, s.topic_enriched),
                     **{f"rss_mb_w{i}": round(rss_mb(p.pid), 1) for i, (p, _) in enumerate(workers)},
@@ -189,14 +175,14 @@ def main() -> int:
                     if drained_for >= 1 or time.monotonic() - t0 > args.minutes * 60 + 300:
                         break
         res = pub.get("res")
-        stored_n = pg(s, count_sql, tag, start - timedelta(minutes=1))
-        distinct = pg(
+        stored_n = pg_value(s, count_sql, tag, start - timedelta(minutes=1))
+        distinct = pg_value(
             s,
             "SELECT count(DISTINCT event_id) FROM llm_calls WHERE tags @> $1::jsonb AND ts >= $2",
             tag,
             start - timedelta(minutes=1),
         )
-        stored_usd = pg(
+        stored_usd = pg_value(
             s,
             "SELECT sum(cost_usd) FROM llm_calls WHERE tags @> $1::jsonb AND ts >= $2",
             tag,

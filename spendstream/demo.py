@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,7 +35,8 @@ from typing import Any
 from .alerts import Alert
 from .config import Settings
 from .events import LLMCallEvent
-from .probes import prom_query, prom_value
+from .probes import pg_value, prom_query, prom_value
+from .producers.synthetic import EndpointProfile
 
 PREFIX = "spendstream-demo-"
 TAG = "demo_run"
@@ -197,12 +198,13 @@ class Children:
 class LiveTable:
     """Closed 1-minute spend per endpoint, read from the windows topic and printed as rows."""
 
-    def __init__(self, s: Settings, console: Console, endpoints: list[str]) -> None:
+    def __init__(self, s: Settings, console: Console, profiles: Sequence[EndpointProfile]) -> None:
         from confluent_kafka import Consumer
 
         self.console = console
-        self.endpoints = endpoints
-        self.labels = [e.rsplit("/", 1)[-1] for e in endpoints]
+        self.profiles = profiles
+        self.endpoints = [p.scope for p in profiles]
+        self.labels = [p.endpoint.rsplit("/", 1)[-1] for p in profiles]
         self.spend: dict[tuple[str, int], int] = {}
         self.closed_global: set[int] = set()
         self.printed = -1
@@ -218,6 +220,9 @@ class LiveTable:
         self.c.subscribe([s.topic_windows])
 
     def header(self) -> None:
+        """A legend (column → endpoint and its model), then the column titles."""
+        for p, lab in zip(self.profiles, self.labels, strict=True):
+            self.console.say(f"  {lab:<16} {p.scope} ({p.provider}/{p.model})", stamp=False)
         cols = " ".join(f"{lab:>{max(len(lab), 8)}}" for lab in self.labels)
         self.console.say(f"{'minute':>6} {cols} {'total':>9}", stamp=False)
 
@@ -286,21 +291,6 @@ def _wait(check: Callable[[], bool], seconds: float, every: Callable[[], None]) 
             return True
         every()
     return check()
-
-
-async def _pg(s: Settings, run_id: str) -> tuple[int, Decimal]:
-    from .sinks.postgres import connect
-
-    conn = await connect(s)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(cost_usd), 0) AS usd FROM llm_calls "
-            "WHERE tags @> $1::jsonb",
-            json.dumps({TAG: run_id}),
-        )
-        return int(row["n"]), Decimal(row["usd"])
-    finally:
-        await conn.close()
 
 
 async def _report(s: Settings, run_id: str, since: datetime, until: datetime) -> str:
@@ -398,11 +388,8 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             f"{plan.target} silently switches {profile.model} -> {PRICIER[profile.model]} "
             f"for {plan.incident_min} minutes"
         )
-        live = LiveTable(ds, con, [p.scope for p in CATALOG])
+        live = LiveTable(ds, con, CATALOG)
         con.say("closed minutes, spend per endpoint in USD (simulated time, UTC):")
-        for p in CATALOG:
-            label = p.endpoint.rsplit("/", 1)[-1]
-            con.say(f"  {label:<16} {p.scope} ({p.provider}/{p.model})", stamp=False)
         live.header()
 
         def show(m: int) -> str | None:
@@ -446,14 +433,18 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             res.problems.append(f"the alert for {target_scope} did not resolve")
 
         con.say("waiting for the PostgreSQL sink to store every call ...")
-        counts: dict[str, Any] = {}
+        run = json.dumps({TAG: run_id})
 
         def stored() -> bool:
-            counts["n"], counts["usd"] = asyncio.run(_pg(s, run_id))
-            return bool(counts["n"] >= len(events))
+            res.rows = pg_value(s, "SELECT count(*) FROM llm_calls WHERE tags @> $1::jsonb", run)
+            return res.rows >= len(events)
 
         _wait(stored, 120, lambda: time.sleep(0.5))
-        res.rows, res.stored_usd = counts["n"], counts["usd"]
+        res.stored_usd = Decimal(
+            pg_value(
+                s, "SELECT coalesce(sum(cost_usd), 0) FROM llm_calls WHERE tags @> $1::jsonb", run
+            )
+        )
         until = events[-1].timestamp + timedelta(seconds=1)
         con.say(
             "report from PostgreSQL (the same as `spendstream report --by endpoint "

@@ -1,10 +1,12 @@
-"""Read-only questions to the running services: consumer-group lag, Prometheus instant queries.
+"""Read-only questions to the running services: consumer-group lag, Prometheus instant queries,
+one value from PostgreSQL.
 
 Used by the demo, the soak and the tests, which check the pipeline from outside its processes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 import urllib.request
@@ -47,3 +49,17 @@ def prom_value(s: Settings, expr: str) -> float:
     except OSError:
         return -1.0
     return float(res[0]["value"][1]) if res else -1.0
+
+
+def pg_value(s: Settings, sql: str, *args: Any) -> Any:
+    """The first value of ``sql`` on ``s.postgres_dsn`` (a connection of its own; blocking)."""
+    from .sinks.postgres import connect
+
+    async def go() -> Any:
+        conn = await connect(s)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
