@@ -146,3 +146,61 @@ def test_report_groups_costs_shares_and_p95_from_the_rows(stack: Settings) -> No
     assert rows[0].p95_latency_ms == pytest.approx(1905.0)
     assert rows[1].p95_latency_ms == pytest.approx(69.0)
     assert to_csv(rows).splitlines()[1].startswith(f"{svc}/a,6.000000000000,20,2000,200,")
+
+
+def test_rollups_rewrite_the_days_and_hours_written_from_their_own_connection(
+    stack: Settings,
+) -> None:
+    from spendstream.events import Cost, EnrichedEvent, TokenCounts, example_event
+    from spendstream.sinks.postgres import PostgresSink, RollupRefresher, row_of
+
+    s, _ = migrated_db(stack, "rollup")
+    t0 = datetime(2026, 3, 3, 9, tzinfo=UTC)
+
+    def call(minute: int, usd: str, team: str) -> EnrichedEvent:
+        ev = example_event(team=team, timestamp=t0 + timedelta(minutes=minute),
+                           event_id=uuid.uuid4())  # fmt: skip
+        cost = Cost(input=Decimal(usd), output=Decimal(0), total=Decimal(usd), price_source="t")
+        tokens = TokenCounts(input_tokens=10, output_tokens=1)
+        return EnrichedEvent(event=ev, tokens=tokens, cost=cost)
+
+    hourly = "SELECT hour, team, requests, cost_usd FROM hourly_team_costs ORDER BY hour, team"
+
+    async def go() -> tuple[list[Any], list[Any], Any]:
+        conn = await asyncpg.connect(s.postgres_dsn)
+        sink = PostgresSink(conn)
+        refresher = RollupRefresher(s, lambda: sink, every_s=30)
+        try:
+            # 09:00–09:59 and 10:00–10:59, two teams
+            await sink.write([row_of(call(m, "0.10", "a")) for m in (0, 30, 59)])
+            await sink.write([row_of(call(m, "0.25", "b")) for m in (60, 61)])
+            assert sink.days == {t0.date()}
+            assert sink.hours == {t0, t0 + timedelta(hours=1)}
+            assert await refresher.refresh()
+            assert (sink.days, sink.hours) == (set(), set())  # taken by the refresher
+            first = [tuple(r) for r in await conn.fetch(hourly)]
+            # a later call in 10:xx rewrites that hour and the day, not 09:xx
+            await sink.write([row_of(call(90, "1.00", "a"))])
+            assert sink.hours == {t0 + timedelta(hours=1)}
+            assert await refresher.refresh()
+            second = [tuple(r) for r in await conn.fetch(hourly)]
+            daily = await conn.fetchrow(
+                "SELECT sum(requests) AS n, sum(cost_usd) AS usd FROM daily_llm_costs"
+            )
+            return first, second, daily
+        finally:
+            await refresher.close()
+            await conn.close()
+
+    first, second, daily = asyncio.run(go())
+    h9, h10 = t0, t0 + timedelta(hours=1)
+    assert first == [
+        (h9, "a", 3, Decimal("0.300000000000")),
+        (h10, "b", 2, Decimal("0.500000000000")),
+    ]
+    assert second == [
+        (h9, "a", 3, Decimal("0.300000000000")),
+        (h10, "a", 1, Decimal("1.000000000000")),
+        (h10, "b", 2, Decimal("0.500000000000")),
+    ]
+    assert (daily["n"], daily["usd"]) == (6, Decimal("1.800000000000"))
