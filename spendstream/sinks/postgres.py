@@ -236,7 +236,6 @@ class RollupRefresher:
         self.sink = sink
         self.every_s = every_s
         self.last_s = 0.0
-        self.refreshes = 0
         self._conn: Any = None
         self._pending: tuple[set[date], set[datetime]] = (set(), set())
 
@@ -265,7 +264,6 @@ class RollupRefresher:
             return False
         self._pending = (set(), set())
         self.last_s = time.monotonic() - t0
-        self.refreshes += 1
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
