@@ -136,10 +136,8 @@ class PostgresSink:
 
     conn: Any
     rows: list[Row] = field(default_factory=list)
-    days: set[date] = field(default_factory=set)
-    """Days written since the last rollup refresh."""
     hours: set[datetime] = field(default_factory=set)
-    """UTC hours written since the last rollup refresh."""
+    """UTC hours written since the last rollup refresh (their days are the days touched)."""
     _partitions: set[date] = field(default_factory=set)
     written: int = 0
     """Rows actually inserted (redelivered ones excluded)."""
@@ -174,23 +172,22 @@ class PostgresSink:
             )
         inserted = int(status.rsplit(" ", 1)[1])
         self.written += inserted
-        self.days |= days
         self.hours |= {r[1].replace(minute=0, second=0, microsecond=0) for r in batch}
         return inserted
 
-    def take_touched(self) -> tuple[set[date], set[datetime]]:
-        """The days and hours written since the last call, forgotten here."""
-        days, hours = self.days, self.hours
-        self.days, self.hours = set(), set()
-        return days, hours
+    def take_touched(self) -> set[datetime]:
+        """The hours written since the last call, forgotten here."""
+        hours, self.hours = self.hours, set()
+        return hours
 
 
-async def refresh_rollups(conn: Any, days: Iterable[date], hours: Iterable[datetime]) -> None:
-    """Rewrite ``daily_llm_costs`` for ``days`` and ``hourly_team_costs`` for ``hours`` from
+async def refresh_rollups(conn: Any, hours: Iterable[datetime]) -> None:
+    """Rewrite ``hourly_team_costs`` for ``hours`` and ``daily_llm_costs`` for their days from
     the rows, in one transaction. A day's rewrite scans the day (its p95 needs every latency);
     an hour's only the hour."""
+    hours = sorted(hours)
     async with conn.transaction():
-        for day in sorted(days):
+        for day in sorted({h.date() for h in hours}):
             await conn.execute("DELETE FROM daily_llm_costs WHERE day = $1", day)
             await conn.execute(
                 """
@@ -205,7 +202,7 @@ async def refresh_rollups(conn: Any, days: Iterable[date], hours: Iterable[datet
                 """,
                 day,
             )
-        for hour in sorted(hours):
+        for hour in hours:
             await conn.execute("DELETE FROM hourly_team_costs WHERE hour = $1", hour)
             await conn.execute(
                 """
@@ -237,23 +234,21 @@ class RollupRefresher:
         self.every_s = every_s
         self.last_s = 0.0
         self._conn: Any = None
-        self._pending: tuple[set[date], set[datetime]] = (set(), set())
+        self._pending: set[datetime] = set()
 
     async def refresh(self) -> bool:
         """One refresh of everything touched so far; False when PostgreSQL is unavailable
         (what was touched is kept for the next try)."""
         sink = self.sink()
         if sink is not None:
-            days, hours = sink.take_touched()
-            self._pending[0].update(days)
-            self._pending[1].update(hours)
-        if not (self._pending[0] or self._pending[1]):
+            self._pending |= sink.take_touched()
+        if not self._pending:
             return True
         t0 = time.monotonic()
         try:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await connect(self.s)
-            await refresh_rollups(self._conn, *self._pending)
+            await refresh_rollups(self._conn, self._pending)
         except Exception as exc:
             if not _is_connection_error(exc):
                 raise
@@ -262,7 +257,7 @@ class RollupRefresher:
                 self._conn.terminate()
                 self._conn = None
             return False
-        self._pending = (set(), set())
+        self._pending = set()
         self.last_s = time.monotonic() - t0
         return True
 
@@ -359,11 +354,7 @@ async def run(
                     if conn is None or conn.is_closed():
                         conn = await connect(s)
                         await migrate(conn)
-                        sink = PostgresSink(
-                            conn,
-                            days=sink.days if sink else set(),
-                            hours=sink.hours if sink else set(),
-                        )
+                        sink = PostgresSink(conn, hours=sink.hours if sink else set())
                     assert sink is not None
                     for i in range(0, len(rows), batch_rows):
                         stats.rows_new += await sink.write(rows[i : i + batch_rows])
