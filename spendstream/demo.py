@@ -352,8 +352,7 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
     ensure_topics(ds)
 
     events = plan_events(plan, run_id, datetime.now(UTC))
-    enricher = Enricher()
-    expected = pico_to_usd(sum(enricher.enrich(e, e.to_json()).cost_pico for e in events))
+    expected = pico_to_usd(Enricher().total_pico(events))
     start = events[0].timestamp.replace(second=0, microsecond=0)
     res = DemoResult(run_id, start, len(events), expected)
     inc_from = int((start + timedelta(minutes=plan.warmup_min)).timestamp() // 60)

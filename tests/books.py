@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
-from spendstream.probes import pg_value, prom_query
+from spendstream.probes import pg_value, prom_value
 from spendstream.sinks.postgres import migrate_db
 from spendstream.stack.checks import postgres_ensure_database
 from spendstream.stream.prices import PICO
@@ -63,8 +63,7 @@ def assert_books_agree(s: Settings, windows: TopicReader, events: list[LLMCallEv
 
     def scraped() -> bool:
         for name in ("spendstream_llm_requests_total", "spendstream_llm_cost_usd_total"):
-            res = prom_query(s, f"sum({name})")
-            prom[name] = float(res[0]["value"][1]) if res else -1.0
+            prom[name] = prom_value(s, f"sum({name})")
         return prom["spendstream_llm_requests_total"] >= len(events)
 
     wait_for(scraped, 60, "Prometheus to scrape every call")
@@ -81,7 +80,6 @@ def assert_rows_are(s: Settings, events: list[LLMCallEvent], total: Decimal | No
     assert query(s, "SELECT count(*) FROM llm_calls") == len(events)
     assert query(s, "SELECT count(DISTINCT event_id) FROM llm_calls") == len(events)
     stored = Decimal(query(s, "SELECT sum(cost_usd) FROM llm_calls"))
-    enricher = Enricher()
-    assert stored * PICO == sum(enricher.enrich(e, e.to_json()).cost_pico for e in events)
+    assert stored * PICO == Enricher().total_pico(events)
     if total is not None:
         assert stored == total

@@ -30,7 +30,7 @@ def test_demo_catches_the_model_switch_and_its_books_equal_the_emitted_costs(
     # the run's events, regenerated and priced here, not by the demo
     events = plan_events(plan, res.run_id, res.start + plan.span)
     assert len(events) == res.emitted > 5_000
-    expected = pico_to_usd(sum(Enricher().enrich(e, e.to_json()).cost_pico for e in events))
+    expected = pico_to_usd(Enricher().total_pico(events))
     run = json.dumps({TAG: res.run_id})
     assert query(stack, "SELECT count(*) FROM llm_calls WHERE tags @> $1::jsonb", run) == len(
         events

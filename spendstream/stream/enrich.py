@@ -13,6 +13,7 @@ fraction of the cost. Prompt/response text is dropped from the enriched event un
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -184,6 +185,11 @@ class Enricher:
         row = self.price(ev, t)
         parts = row.cost_pico(toks) if row is not None else None
         return EnrichedCall(ev, toks, parts, row, raw, t)
+
+    def total_pico(self, events: Iterable[LLMCallEvent]) -> int:
+        """What ``events`` cost, priced as a worker prices them: what the books must add up to
+        (the demo and the tests check PostgreSQL against it)."""
+        return sum(self.enrich(e, e.to_json()).cost_pico for e in events)
 
     def process(self, value: bytes | None) -> RecordResult:
         """One raw record: enrich every valid line, dead-letter the rest, aggregate."""
