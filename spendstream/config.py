@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     """A minute closes when the event-time watermark is this far past its end."""
     window_retention_minutes: int = Field(15, ge=2)
     """Closed minutes stay correctable this long; older events are left out of windows."""
+    max_future_skew_s: float | None = Field(300.0, ge=0)
+    """Events dated further ahead of the worker's clock are dead-lettered (null: no check)."""
     worker_batch_records: int = Field(50, ge=1)
     """Raw records a worker takes per batch (each record holds up to 100 events)."""
     worker_session_timeout_s: float = Field(10.0, ge=6, le=300)
@@ -90,6 +92,8 @@ class Settings(BaseSettings):
     """TOML file of negotiated/private prices (see spendstream/stream/prices.py)."""
     keep_text: bool = False
     """Keep prompt/response text in enriched events (off: it is only used for estimation)."""
+    prompt_hash_key: SecretStr | None = None
+    """HMAC-SHA256 key of the prompt/response digests the PostgreSQL sink stores (unset: none)."""
     alert_min_spend_usd: Decimal = Decimal("0.05")
     alert_spike_ratio: float = 3.0
     alert_spike_z: float = 6.0

@@ -47,8 +47,24 @@ MAX_TAG_VALUE_CHARS: Final = 256
 MAX_LATENCY_MS: Final = 86_400_000.0
 MIN_TIMESTAMP: Final = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP: Final = datetime(2100, 1, 1, tzinfo=UTC)
+"""The schema's absolute range; the worker also refuses events dated more than
+``Settings.max_future_skew_s`` ahead of its own clock (one wrong host clock must not move the
+watermark of a partition)."""
+MAX_USD: Final = Decimal(1_000_000)
+"""Upper bound of any money field of one call (``cache_saved_usd``, every cost part). The dearest
+call the price data allows (MAX_TOKENS at ~$600/Mtok) costs ~$6,000, so this is >100x any real
+call; it keeps a value far inside the ``numeric(30, 12)`` columns (< 1e18) and exact enough as a
+Prometheus float (1e300 made every scrape fail with OverflowError)."""
+MAX_PRICE_SOURCE_CHARS: Final = 300
+"""``override:`` plus a file name of up to 255 bytes (NAME_MAX): a long override-file name used
+to fail the enriched event's validation in the sink (then 64 characters)."""
 
-_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+# Control characters (C0, DEL, C1) are refused in every stored free-text field: PostgreSQL text
+# and jsonb cannot hold NUL (COPY failed on the whole batch), and ESC/CSI sequences would reach
+# terminals through `spendstream report`. prompt_text/response_text may hold any text (tabs and
+# newlines are normal there); the sink replaces a NUL in them when keep_text stores them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]+$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL)]
 """A label-like name (service, model, team): bounded and printable, since it may become a
 Prometheus label value or a PostgreSQL key."""
@@ -56,10 +72,10 @@ Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=256, patter
 Provider = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")
 ]
-ShortText = Annotated[str, StringConstraints(max_length=256)]
+ShortText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
 LongText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
-Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+Money = Annotated[Decimal, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
 
 _TAG_KEY = re.compile(rf"^[A-Za-z0-9_.:/-]{{1,{MAX_TAG_KEY_CHARS}}}$")
 
@@ -199,6 +215,8 @@ class LLMCallEvent(_Strict):
                 )
             if len(value) > MAX_TAG_VALUE_CHARS:
                 raise ValueError(f"tag {key!r} value longer than {MAX_TAG_VALUE_CHARS} characters")
+            if _CONTROL.search(value):
+                raise ValueError(f"tag {key!r} value contains a control character")
         return v
 
     @model_validator(mode="after")
@@ -269,7 +287,10 @@ class Cost(_Strict):
     reasoning: Money = Decimal(0)
     total: Money
     currency: Literal["USD"] = "USD"
-    price_source: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    price_source: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_PRICE_SOURCE_CHARS, pattern=r"^[^\x00]+$"),
+    ]
     """Where the price came from: ``genai-prices`` or ``override:<file>``."""
     price_version: ShortText | None = None
     """Snapshot/version of the price data, so a cost can be re-derived later."""

@@ -27,6 +27,31 @@ WIRE_VERSION = "jsonl/1"
 HEADERS: list[tuple[str, str | bytes | None]] = [(WIRE_HEADER, WIRE_VERSION.encode())]
 
 
+DLQ_ERROR = "spendstream-error"
+DLQ_SOURCE_TOPIC = "spendstream-source-topic"
+DLQ_SOURCE_PARTITION = "spendstream-source-partition"
+DLQ_SOURCE_OFFSET = "spendstream-source-offset"
+DLQ_SOURCE_LINE = "spendstream-source-line"
+MAX_DLQ_REASON_BYTES = 4000
+
+
+def dlq_headers(
+    topic: str, partition: int, offset: int, line: int | None, reason: str
+) -> dict[str, bytes]:
+    """Headers of a dead-letter record: why, and where the record came from (topic, partition,
+    offset, line), so it can be found, fixed and re-sent. The worker (raw topic) and the
+    PostgreSQL sink (enriched topic) write the same headers to the same topic."""
+    h = {
+        DLQ_ERROR: reason.encode()[:MAX_DLQ_REASON_BYTES],
+        DLQ_SOURCE_TOPIC: topic.encode(),
+        DLQ_SOURCE_PARTITION: str(partition).encode(),
+        DLQ_SOURCE_OFFSET: str(offset).encode(),
+    }
+    if line is not None:
+        h[DLQ_SOURCE_LINE] = str(line).encode()
+    return h
+
+
 @dataclass(frozen=True, slots=True)
 class BadLine:
     """A line of a record that is not a valid event: its index, original bytes and reason."""

@@ -116,6 +116,8 @@ def test_error_description_is_one_readable_line() -> None:
 
 names = st.text(string.ascii_letters + string.digits + "-_./ ", min_size=1, max_size=40)
 tokens = st.integers(0, 200_000)
+printable = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=50)
+"""Free text the schema stores: any Unicode but control characters (C0, DEL, C1)."""
 
 
 @st.composite
@@ -151,11 +153,11 @@ def events(draw: st.DrawFn) -> LLMCallEvent:
             "provider": draw(st.sampled_from(["openai", "anthropic", "google-gla", "azure"])),
             "request_model": draw(names),
             "team": draw(st.none() | names),
-            "user_id": draw(st.none() | st.text(max_size=50)),
+            "user_id": draw(st.none() | printable),
             "tags": draw(
                 st.dictionaries(
                     st.text(string.ascii_letters, min_size=1, max_size=10),
-                    st.text(max_size=30),
+                    printable,
                     max_size=4,
                 )
             ),

@@ -7,6 +7,17 @@ was added. A batch is COPY'd into a temporary table and moved with
 never makes a second row. :func:`run` commits Kafka offsets only after that transaction has
 committed; while PostgreSQL is unreachable it retries with backoff and stops consuming
 (back-pressure), so nothing is lost and nothing is skipped.
+
+A line the sink cannot store is dead-lettered, never skipped and never fatal: an unreadable
+enriched line at once, and a row PostgreSQL refuses (a data error: NUL in text, a numeric
+overflow, a constraint) by bisecting the failed batch until each refused row stands alone —
+k bad rows in n cost O(k log n) extra transactions, the good rows are written, the bad ones go
+to ``Settings.topic_dlq`` with the worker's headers (reason, source topic/partition/offset/line),
+counted in :class:`SinkStats` and logged, and then offsets are committed. Before this, one such
+row made COPY raise out of :func:`run` before the commit: every restart died on the same batch.
+
+Prompt/response digests are HMAC-SHA256 keyed with ``Settings.prompt_hash_key`` (NULL without
+a key): an unsalted SHA-256 of a short prompt is recoverable by brute force.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -25,7 +37,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..config import Settings
-from ..events import EnrichedEvent
+from ..events import EnrichedEvent, describe_error
+from ..wire import dlq_headers
 from .db import ensure_partitions, migrate
 
 log = logging.getLogger("spendstream.sink")
@@ -74,19 +87,27 @@ COLUMNS = (
 Row = tuple[Any, ...]
 
 
-def _text(value: str | None, keep: bool, limit: int) -> tuple[str | None, str | None]:
+def _text(
+    value: str | None, keep: bool, limit: int, key: bytes | None
+) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
-    digest = hashlib.sha256(value.encode()).hexdigest()
-    return (value[:limit] if keep else None), digest
+    digest = None if key is None else hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    # PostgreSQL text cannot hold NUL (COPY refuses the row): stored text gets U+FFFD instead
+    return (value[:limit].replace("\x00", "\ufffd") if keep else None), digest
 
 
-def row_of(e: EnrichedEvent, keep_text: bool = False, text_limit: int = 4000) -> Row:
-    """The ``llm_calls`` row of an enriched event (text only when configured, truncated,
-    with its SHA-256 either way)."""
+def row_of(
+    e: EnrichedEvent,
+    keep_text: bool = False,
+    text_limit: int = 4000,
+    hash_key: bytes | None = None,
+) -> Row:
+    """The ``llm_calls`` row of an enriched event: text only when configured (truncated), its
+    HMAC-SHA256 under ``hash_key`` when one is configured (else NULL)."""
     ev, t, c = e.event, e.tokens, e.cost
-    prompt, prompt_sha = _text(ev.prompt_text, keep_text, text_limit)
-    response, response_sha = _text(ev.response_text, keep_text, text_limit)
+    prompt, prompt_sha = _text(ev.prompt_text, keep_text, text_limit, hash_key)
+    response, response_sha = _text(ev.response_text, keep_text, text_limit, hash_key)
     return (
         ev.event_id,
         ev.timestamp,
@@ -174,6 +195,27 @@ class PostgresSink:
         self.written += inserted
         self.hours |= {r[1].replace(minute=0, second=0, microsecond=0) for r in batch}
         return inserted
+
+    async def write_good(self, batch: Sequence[Row]) -> tuple[int, list[tuple[int, str]]]:
+        """Write ``batch``; the rows PostgreSQL refuses are isolated by bisection and returned
+        as (index in ``batch``, reason) instead of failing the batch. Returns (new rows,
+        refused). Connection errors and errors that are not about a row's data propagate."""
+        inserted = 0
+        refused: list[tuple[int, str]] = []
+        todo = [(0, len(batch))]
+        while todo:
+            lo, hi = todo.pop()
+            try:
+                inserted += await self.write(batch[lo:hi])
+            except Exception as exc:
+                if not _is_row_error(exc):
+                    raise
+                if hi - lo == 1:
+                    refused.append((lo, f"PostgreSQL refused the row: {type(exc).__name__}: {exc}"))
+                    continue
+                mid = (lo + hi) // 2
+                todo += [(mid, hi), (lo, mid)]
+        return inserted, sorted(refused)
 
     def take_touched(self) -> set[datetime]:
         """The hours written since the last call, forgotten here."""
@@ -295,7 +337,122 @@ class SinkStats:
     rows_seen: int = 0
     rows_new: int = 0
     bad_lines: int = 0
+    """Enriched lines that do not parse as :class:`EnrichedEvent` (dead-lettered)."""
+    rows_refused: int = 0
+    """Rows PostgreSQL refused (dead-lettered)."""
+    dead_letters: int = 0
+    """Records the sink sent to the dead-letter topic: bad_lines + rows_refused."""
     retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a row came from: what its dead letter carries (the line as it was consumed)."""
+
+    topic: str
+    partition: int
+    offset: int
+    line: int
+    key: bytes | None
+    raw: bytes
+
+
+class DeadLetters:
+    """The sink's side of the dead-letter topic: one record per line it cannot store, with the
+    worker's headers, acknowledged by the broker before the sink commits its offsets."""
+
+    def __init__(self, s: Settings, stats: SinkStats) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.topic = s.topic_dlq
+        self.stats = stats
+        self.producer = AIOKafkaProducer(acks="all", **s.aiokafka())
+
+    async def send(self, origin: Origin, reason: str) -> None:
+        h = dlq_headers(origin.topic, origin.partition, origin.offset, origin.line, reason)
+        await self.producer.send_and_wait(
+            self.topic, value=origin.raw, key=origin.key, headers=list(h.items())
+        )
+        self.stats.dead_letters += 1
+        log.error("dead-lettered %s[%d]@%d line %d: %s", origin.topic, origin.partition,
+                  origin.offset, origin.line, reason[:500])  # fmt: skip
+
+
+def parse_records(
+    msgs: Iterable[Any], s: Settings, stats: SinkStats, dead: list[tuple[Origin, str]]
+) -> tuple[list[Row], list[Origin]]:
+    """Rows of consumed records and where each came from; unreadable lines go to ``dead``."""
+    key = s.prompt_hash_key.get_secret_value().encode() if s.prompt_hash_key else None
+    rows: list[Row] = []
+    origins: list[Origin] = []
+    for m in msgs:
+        stats.records += 1
+        for i, line in enumerate((m.value or b"").split(b"\n")):
+            if not line.strip():
+                continue
+            origin = Origin(m.topic, m.partition, m.offset, i, m.key, line)
+            try:
+                rows.append(row_of(EnrichedEvent.model_validate_json(line), s.keep_text, 4000, key))
+            except ValidationError as exc:
+                stats.bad_lines += 1
+                dead.append((origin, f"unreadable enriched line: {describe_error(exc)}"))
+                continue
+            except Exception as exc:  # ValueError, UnicodeError: still this line's fault
+                stats.bad_lines += 1
+                dead.append((origin, f"unreadable enriched line: {type(exc).__name__}: {exc}"))
+                continue
+            origins.append(origin)
+    return rows, origins
+
+
+@dataclass
+class _Writer:
+    """The sink's connection, kept across batches and replaced after a connection error."""
+
+    s: Settings
+    stats: SinkStats
+    conn: Any = None
+    sink: PostgresSink | None = None
+
+    async def write(
+        self, rows: list[Row], batch_rows: int, stop: asyncio.Event
+    ) -> list[tuple[int, str]]:
+        """Make ``rows`` durable (retrying while PostgreSQL is unreachable: back-pressure);
+        returns (index, reason) of the rows PostgreSQL refused. CancelledError on stop."""
+        delay = 0.5
+        while True:
+            try:
+                if self.conn is None or self.conn.is_closed():
+                    self.conn = await connect(self.s)
+                    await migrate(self.conn)
+                    hours = self.sink.hours if self.sink else set()
+                    self.sink = PostgresSink(self.conn, hours=hours)
+                refused: list[tuple[int, str]] = []
+                for i in range(0, len(rows), batch_rows):
+                    assert self.sink is not None
+                    new, bad = await self.sink.write_good(rows[i : i + batch_rows])
+                    self.stats.rows_new += new
+                    refused += [(i + j, why) for j, why in bad]
+                return refused
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise
+                self.stats.retries += 1
+                log.warning("PostgreSQL unavailable (%s); retrying in %.1fs", exc, delay)
+            if self.conn is not None:
+                self.conn.terminate()
+                self.conn = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            if stop.is_set():
+                raise asyncio.CancelledError
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            try:
+                await self.conn.close(timeout=5)
+            except Exception:  # already broken: just drop it
+                self.conn.terminate()
 
 
 async def run(
@@ -309,7 +466,6 @@ async def run(
 ) -> SinkStats:
     """Consume the enriched topic into PostgreSQL until ``stop`` is set."""
     from aiokafka import AIOKafkaConsumer
-    from aiokafka.errors import CommitFailedError
 
     stop = stop or asyncio.Event()
     stats = SinkStats()
@@ -321,72 +477,79 @@ async def run(
         max_poll_interval_ms=3_600_000,  # a long PostgreSQL outage must not evict us
         **s.aiokafka(),
     )
+    dlq = DeadLetters(s, stats)
     await consumer.start()
-    conn = None
-    sink: PostgresSink | None = None
-    rollups = RollupRefresher(s, lambda: sink, rollup_every_s)
+    await dlq.producer.start()
+    writer = _Writer(s, stats)
+    rollups = RollupRefresher(s, lambda: writer.sink, rollup_every_s)
     done = asyncio.Event()  # the consume loop ended: a last refresh, then the task ends
     refresher = asyncio.create_task(rollups.run(done))
-
     try:
         while not stop.is_set():
             got = await consumer.getmany(timeout_ms=int(batch_wait_s * 1000), max_records=500)
-            rows: list[Row] = []
-            for msgs in got.values():
-                for m in msgs:
-                    stats.records += 1
-                    for line in (m.value or b"").split(b"\n"):
-                        if not line.strip():
-                            continue
-                        try:
-                            e = EnrichedEvent.model_validate_json(line)
-                        except (ValidationError, ValueError) as exc:
-                            stats.bad_lines += 1
-                            log.error("unreadable enriched line at %s[%d]@%d: %s",
-                                      m.topic, m.partition, m.offset, exc)  # fmt: skip
-                            continue
-                        rows.append(row_of(e, s.keep_text))
-            if not rows and not got:
+            if not got:
                 continue
-            delay = 0.5
-            while True:  # until durable: back-pressure, the consumer is not polled meanwhile
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await connect(s)
-                        await migrate(conn)
-                        sink = PostgresSink(conn, hours=sink.hours if sink else set())
-                    assert sink is not None
-                    for i in range(0, len(rows), batch_rows):
-                        stats.rows_new += await sink.write(rows[i : i + batch_rows])
-                    break
-                except Exception as exc:
-                    if not _is_connection_error(exc):
-                        raise
-                    stats.retries += 1
-                    log.warning("PostgreSQL unavailable (%s); retrying in %.1fs", exc, delay)
-                if conn is not None:
-                    conn.terminate()
-                    conn = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                if stop.is_set():
-                    return stats
-            stats.rows_seen += len(rows)
-            try:
-                await consumer.commit()
-            except CommitFailedError as exc:  # rows are in; a redelivery adds none
-                log.warning("offset commit failed after a rebalance: %s", exc)
+            if not await _store(got, s, stats, writer, dlq, batch_rows, stop):
+                return stats
+            await _commit(consumer)
     finally:
         done.set()
         await refresher  # its last refresh covers every row written
         await rollups.close()
         await consumer.stop()
-        if conn is not None:
-            try:
-                await conn.close(timeout=5)
-            except Exception:  # already broken: just drop it
-                conn.terminate()
+        await dlq.producer.stop()
+        await writer.close()
     return stats
+
+
+async def _store(
+    got: dict[Any, list[Any]],
+    s: Settings,
+    stats: SinkStats,
+    writer: _Writer,
+    dlq: DeadLetters,
+    batch_rows: int,
+    stop: asyncio.Event,
+) -> bool:
+    """One poll's records into PostgreSQL, the lines it cannot store into the dead-letter topic;
+    False when stopped before the rows were durable (offsets must not be committed)."""
+    dead: list[tuple[Origin, str]] = []
+    rows, origins = parse_records((m for msgs in got.values() for m in msgs), s, stats, dead)
+    try:
+        refused = await writer.write(rows, batch_rows, stop) if rows else []
+    except asyncio.CancelledError:
+        return False
+    stats.rows_refused += len(refused)
+    dead += [(origins[i], why) for i, why in refused]
+    for origin, reason in sorted(dead, key=lambda d: (d[0].partition, d[0].offset, d[0].line)):
+        await dlq.send(origin, reason)
+    stats.rows_seen += len(rows)
+    return True
+
+
+async def _commit(consumer: Any) -> None:
+    from aiokafka.errors import CommitFailedError
+
+    try:
+        await consumer.commit()
+    except CommitFailedError as exc:  # rows are in; a redelivery adds none
+        log.warning("offset commit failed after a rebalance: %s", exc)
+
+
+def _is_row_error(exc: BaseException) -> bool:
+    """A refusal of the rows' data (SQLSTATE class 22/23, or a value asyncpg cannot encode):
+    bisecting finds the row. Anything else (a missing column, no permission) is not one row's
+    fault and must stop the sink rather than dead-letter every row."""
+    import asyncpg
+
+    return isinstance(
+        exc,
+        asyncpg.DataError
+        | asyncpg.IntegrityConstraintViolationError
+        | ValueError
+        | ArithmeticError
+        | TypeError,
+    ) and not _is_connection_error(exc)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -406,4 +569,14 @@ def _is_connection_error(exc: BaseException) -> bool:
     )
 
 
-__all__ = ["COLUMNS", "PostgresSink", "migrate_db", "row_of", "run"]
+__all__ = [
+    "COLUMNS",
+    "DeadLetters",
+    "Origin",
+    "PostgresSink",
+    "SinkStats",
+    "migrate_db",
+    "parse_records",
+    "row_of",
+    "run",
+]

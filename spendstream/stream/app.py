@@ -125,7 +125,11 @@ def build_app(s: Settings) -> Any:
 
     t1 = app.Table("stage1", partitions=s.raw_partitions)
     t2 = app.Table("stage2", partitions=s.stage2_partitions)
-    enricher = Enricher(PriceBook.from_file(s.price_overrides_file))
+    enricher = Enricher(
+        PriceBook.from_file(s.price_overrides_file),
+        keep_text=s.keep_text,
+        max_future_skew_s=s.max_future_skew_s,
+    )
     stage1 = Stage1(TableState(t1), s.window_retention_minutes)
     t2_writes = WriteBuffer(t2)
     live = LiveSpendWriter(s.redis_url)

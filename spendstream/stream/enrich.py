@@ -9,12 +9,33 @@ The enriched JSON is assembled from the validated raw line plus the computed par
 re-serializing the whole model: it parses to the same :class:`EnrichedEvent` (tested), at a
 fraction of the cost. Prompt/response text is dropped from the enriched event unless
 ``keep_text`` is set.
+
+Admission checks beyond the schema, kept off the common path:
+
+- *Future skew*: an event dated more than ``max_future_skew_s`` (default 300 s) ahead of the
+  worker's clock is dead-lettered: one event dated 2099 used to move its partition's watermark
+  for good, making every real event "late". One clock read per record, one compare per event.
+- *Duplicate keys*: ``{"prompt_text":"SECRET",…,"prompt_text":null}`` validates (last key
+  wins) and the raw line would be forwarded verbatim. The exact check (a ``json.loads`` with a
+  pairs hook, ~7 µs for a 640-byte line, about what validation costs) only runs on a line that
+  would be forwarded verbatim and holds ``text"`` or a ``\\u`` escape (a key could be spelled
+  with escapes), i.e. never for the SDK's text-free events. Duplicates of other keys in lines
+  without those bytes are not looked for: every reader here (worker, sink) takes the last one.
+- *Dead letters keep no text*: unless ``keep_text``, a dead letter's ``prompt_text`` /
+  ``response_text`` are replaced by ``prompt_text_chars`` / ``response_text_chars`` (their
+  lengths). A line that is not a JSON object is kept only up to the first ``_text"`` and at
+  most :data:`MAX_DLQ_UNPARSED_BYTES`: enough to see what a producer sent, not a prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -100,7 +121,6 @@ class EnrichedCall:
             tail = ',"price_unknown":true,"schema_version":1}'
             return b'{"event":' + event_json + (',"tokens":' + tok + tail).encode()
         p = self.parts_pico
-        version = f',"price_version":"{self.row.version}"' if self.row.version else ""
         # zero cache and reasoning parts are left out (the schema's default is 0)
         cost = (
             f'{{"input":"{usd_str(p[0])}",'
@@ -109,7 +129,7 @@ class EnrichedCall:
             + f'"output":"{usd_str(p[3])}",'
             + (f'"reasoning":"{usd_str(p[4])}",' if p[4] else "")
             + f'"total":"{usd_str(sum(p))}",'
-            f'"currency":"USD","price_source":"{self.row.source}"{version}}}'
+            + _cost_tail(self.row.source, self.row.version)
         )
         return (
             b'{"event":'
@@ -122,6 +142,81 @@ class EnrichedCall:
                 + ',"price_unknown":false,"schema_version":1}'
             ).encode()
         )
+
+
+@lru_cache(maxsize=256)
+def _cost_tail(source: str, version: str | None) -> str:
+    """The end of the cost object, JSON-escaped: an override file may be named anything."""
+    tail = '"currency":"USD","price_source":' + json.dumps(source, ensure_ascii=False)
+    if version:
+        tail += ',"price_version":' + json.dumps(version, ensure_ascii=False)
+    return tail + "}"
+
+
+TEXT_FIELDS = ("prompt_text", "response_text")
+MAX_DLQ_UNPARSED_BYTES = 1024
+"""How much of a line that is not a JSON object a dead letter keeps (without keep_text)."""
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen.add(k)
+
+
+def duplicate_key(line: bytes) -> str | None:
+    """The first key that appears twice in one JSON object of ``line`` (None: none does)."""
+    try:
+        json.loads(line, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        return str(exc.args[0])
+    except (ValueError, RecursionError):
+        return None  # not JSON: the schema has already said so
+    return None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    return pairs
+
+
+def redact(line: bytes, keep_text: bool) -> bytes:
+    """What a dead letter keeps of ``line``: the line, minus prompt/response text unless
+    ``keep_text`` (lengths kept as ``<field>_chars``); see the module docstring."""
+    if keep_text:
+        return line
+    try:
+        top = json.loads(line, object_pairs_hook=_object)
+    except (ValueError, RecursionError):
+        top = None
+    if not isinstance(top, list):  # not a JSON object: a bounded prefix before any text key
+        cut = line.find(b'_text"')
+        return line[: min(MAX_DLQ_UNPARSED_BYTES, cut if cut >= 0 else len(line))]
+    if not any(k in TEXT_FIELDS for k, _ in top):
+        return line
+    out: dict[str, Any] = {}
+    for k, v in top:
+        if k in TEXT_FIELDS:
+            if v is not None:
+                n = len(v) if isinstance(v, str) else len(json.dumps(_plain(v)))
+                out[f"{k}_chars"] = out.get(f"{k}_chars", 0) + n
+        else:
+            out[k] = _plain(v)
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _plain(v: Any) -> Any:
+    """A value parsed with :func:`_object` back to plain JSON types."""
+    if isinstance(v, list) and v and all(isinstance(p, tuple) for p in v):
+        return {k: _plain(x) for k, x in v}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
 
 
 def final_tokens(ev: LLMCallEvent) -> FinalTokens:
@@ -166,10 +261,25 @@ _validate_json = LLMCallEvent.__pydantic_validator__.validate_json
 
 
 class Enricher:
-    """Validates and enriches records; keeps the price cache for the worker's lifetime."""
+    """Validates and enriches records; keeps the price cache for the worker's lifetime.
 
-    def __init__(self, book: PriceBook | None = None) -> None:
+    ``keep_text`` is the worker's setting (dead letters keep text only when it is on);
+    ``max_future_skew_s`` (None: no check) bounds how far ahead of ``now()`` an event may be
+    dated; ``now`` is the clock (epoch seconds), injectable so tests are deterministic.
+    """
+
+    def __init__(
+        self,
+        book: PriceBook | None = None,
+        *,
+        keep_text: bool = False,
+        max_future_skew_s: float | None = 300.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.book = book or PriceBook()
+        self.keep_text = keep_text
+        self.max_future_skew_s = max_future_skew_s
+        self.now = now
 
     def price(self, ev: LLMCallEvent, seconds: float | None = None) -> PriceRow | None:
         t = ev.timestamp.timestamp() if seconds is None else seconds
@@ -179,9 +289,9 @@ class Enricher:
                 return row
         return self.book.row_at(ev.provider, ev.request_model, t)
 
-    def enrich(self, ev: LLMCallEvent, raw: bytes) -> EnrichedCall:
+    def enrich(self, ev: LLMCallEvent, raw: bytes, t: float | None = None) -> EnrichedCall:
         toks = final_tokens(ev)
-        t = ev.timestamp.timestamp()
+        t = ev.timestamp.timestamp() if t is None else t
         row = self.price(ev, t)
         parts = row.cost_pico(toks) if row is not None else None
         return EnrichedCall(ev, toks, parts, row, raw, t)
@@ -198,27 +308,59 @@ class Enricher:
         if not value:
             res.dead.append(DeadLetter(value or b"", "empty record", None))
             return res
+        skew = self.max_future_skew_s
+        latest = float("inf") if skew is None else self.now() + skew  # one clock read a record
         for i, line in enumerate(value.split(b"\n")):
             if not line.strip():
                 continue
             try:
                 ev = validate(line)
             except ValidationError as exc:
-                res.dead.append(DeadLetter(line, describe_error(exc), i))
+                res.dead.append(self._dead(line, describe_error(exc), i))
                 continue
             except ValueError as exc:
-                res.dead.append(DeadLetter(line, f"undecodable: {exc}", i))
+                res.dead.append(self._dead(line, f"undecodable: {exc}", i))
+                continue
+            t = ev.timestamp.timestamp()
+            why = self._refused(ev, line, t) if t > latest or _suspect(ev, line) else None
+            if why is not None:
+                res.dead.append(self._dead(line, why, i))
                 continue
             try:
-                call = self.enrich(ev, line)
+                call = self.enrich(ev, line, t)
             except Exception as exc:  # a bug or a tokenizer failure must not stop the stream
-                res.dead.append(
-                    DeadLetter(line, f"enrichment failed: {type(exc).__name__}: {exc}", i)
-                )
+                reason = f"enrichment failed: {type(exc).__name__}: {exc}"
+                res.dead.append(self._dead(line, reason, i))
                 continue
             res.calls.append(call)
         res.aggregate.add_calls(res.calls)
         return res
+
+    def _refused(self, ev: LLMCallEvent, line: bytes, t: float) -> str | None:
+        """Why a schema-valid line is still dead-lettered (the rare path), or None."""
+        now = self.now()
+        if self.max_future_skew_s is not None and t > now + self.max_future_skew_s:
+            clock = datetime.fromtimestamp(now, UTC).isoformat()
+            return (
+                f"timestamp {ev.timestamp.isoformat()} is ahead of the worker clock by "
+                f"{t - now:.0f} s (worker clock {clock}; max_future_skew_s="
+                f"{self.max_future_skew_s:g})"
+            )
+        if self.keep_text or (ev.prompt_text is None and ev.response_text is None):
+            dup = duplicate_key(line)
+            if dup is not None:
+                return f"duplicate key {dup!r}: JSON readers disagree on which value counts"
+        return None
+
+    def _dead(self, line: bytes, reason: str, i: int) -> DeadLetter:
+        return DeadLetter(redact(line, self.keep_text), reason, i)
+
+
+def _suspect(ev: LLMCallEvent, line: bytes) -> bool:
+    """Cheap pre-check for :func:`duplicate_key`: could a duplicate text key hide in ``line``?"""
+    return (b'text"' in line or b"\\u" in line) and (
+        ev.prompt_text is None or ev.response_text is None
+    )
 
 
 __all__ = [
@@ -227,5 +369,7 @@ __all__ = [
     "Enricher",
     "FinalTokens",
     "RecordResult",
+    "duplicate_key",
     "final_tokens",
+    "redact",
 ]

@@ -48,10 +48,12 @@ def run(
     rules: RuleConfig | None = None,
     tick_every: int = 20,
     allowed_lateness_s: int = 120,
+    enricher: Enricher | None = None,
 ) -> OfflineResult:
-    """Process ``records`` in order; every ``tick_every`` records stage 1 publishes."""
+    """Process ``records`` in order; every ``tick_every`` records stage 1 publishes.
+    ``enricher`` is the worker's (a default one when not given; tests inject its clock)."""
     res = OfflineResult()
-    enricher = Enricher()
+    enricher = enricher or Enricher()
     t1 = DictState()
     t2: dict[str, Any] = {}
     s1 = Stage1(t1)
