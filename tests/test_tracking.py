@@ -138,8 +138,16 @@ def test_traced_decorator_sync_and_async(emitter: Emitter) -> None:
     assert emitter.pending() == 2
 
 
-def test_a_bad_field_is_dropped_and_counted_not_raised(emitter: Emitter) -> None:
+def test_a_bad_field_is_repaired_and_counted_not_raised(emitter: Emitter) -> None:
     with emitter.track("openai", "gpt-4o", endpoint="/x", team="bad\nteam") as call:
+        pass
+    assert call.event is not None and call.event.team == "bad team"
+    assert emitter.stats().repaired == {"field_sanitized": 1}
+    assert emitter.stats().dropped == {}
+
+
+def test_an_event_beyond_repair_and_a_non_event_are_dropped_as_invalid(emitter: Emitter) -> None:
+    with emitter.track("openai", "gpt-4o", endpoint="/x", timestamp="not a time") as call:
         pass
     assert call.event is None
     assert emitter.stats().dropped == {"invalid": 1}

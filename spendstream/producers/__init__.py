@@ -8,11 +8,19 @@
 
 The module-level helpers use one process-wide :class:`Emitter` built from ``SPENDSTREAM_*``
 settings on first use; create your own ``Emitter`` for anything else.
+
+Under an ASGI server, flush at shutdown: uvicorn re-raises SIGTERM after its shutdown, so
+``atexit`` never runs and the last events (3 of 3 with ``PRODUCER_LINGER_MS=1000``) were lost.
+:class:`SpendstreamMiddleware` flushes at lifespan shutdown; without it use
+``Starlette(lifespan=spendstream_lifespan)`` or ``await aflush(5)`` after your own lifespan's
+``yield``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..events import LLMCallEvent
@@ -30,12 +38,14 @@ __all__ = [
     "SpendstreamMiddleware",
     "StreamUsage",
     "TrackedCall",
+    "aflush",
     "call_context",
     "classify_error",
     "emit",
     "extract_usage",
     "flush",
     "get_emitter",
+    "spendstream_lifespan",
     "track",
 ]
 
@@ -63,3 +73,24 @@ def track(provider: str, model: str, **fields: Any) -> TrackedCall:
 
 def flush(timeout: float = 10.0) -> int:
     return get_emitter().flush(timeout) if _default is not None else 0
+
+
+async def aflush(timeout: float = 10.0) -> int:  # noqa: ASYNC109 - mirrors flush()
+    """:func:`flush` for asyncio code (runs in a worker thread, not on the event loop)."""
+    return await _default.aflush(timeout) if _default is not None else 0
+
+
+@contextlib.asynccontextmanager
+async def spendstream_lifespan(
+    app: Any = None, *, flush_timeout_s: float = 5.0
+) -> AsyncIterator[None]:
+    """An ASGI lifespan that flushes the process-wide emitter at shutdown::
+
+        app = Starlette(routes=..., lifespan=spendstream_lifespan)
+
+    or, inside your own lifespan, ``async with spendstream_lifespan(app): yield``.
+    """
+    try:
+        yield
+    finally:
+        await aflush(flush_timeout_s)

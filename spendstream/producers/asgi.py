@@ -6,14 +6,30 @@ non-blocking SDK instead of writing to a database inside the request.
 
 The endpoint is the matched route template (``/items/{item_id}``, bounded) when the framework
 puts the route in the ASGI scope (Starlette does, after routing), else the raw path.
+
+Header values are the caller's: a tab in ``x-prompt-version`` used to make the call go
+unrecorded. They are read as at most 512 bytes here and checked when the event is built
+(:mod:`.repair`: control characters replaced, cut to the schema's length, or the field left
+out — counted, the call kept). The middleware also flushes the SDK at ASGI lifespan shutdown:
+uvicorn re-raises SIGTERM after its shutdown, so ``atexit`` never runs and, with
+``PRODUCER_LINGER_MS=1000``, 3 of 3 final events were lost.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .tracking import CallContext, _context
+
+if TYPE_CHECKING:
+    from .emitter import Emitter
+
+log = logging.getLogger("spendstream.producer")
+
+_HEADER_MAX_BYTES = 512
+"""Header bytes read (the longest field a header fills, user_id, holds 256 characters)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,7 +52,9 @@ class SpendstreamMiddleware:
     """``app.add_middleware(SpendstreamMiddleware, service="billing")`` or wrap any ASGI app.
 
     Headers name the team and the user (``x-team``, ``x-user-id`` by default); a header is
-    only trusted if your gateway sets it.
+    only trusted if your gateway sets it. At lifespan shutdown it waits up to
+    ``flush_timeout_s`` for ``emitter`` (default: the process-wide one) to deliver what is
+    queued; ``flush_timeout_s=None`` turns that off.
     """
 
     def __init__(
@@ -48,8 +66,12 @@ class SpendstreamMiddleware:
         user_header: str = "x-user-id",
         prompt_version_header: str | None = "x-prompt-version",
         tags: dict[str, str] | None = None,
+        emitter: Emitter | None = None,
+        flush_timeout_s: float | None = 5.0,
     ) -> None:
         self.app = app
+        self.emitter = emitter
+        self.flush_timeout_s = flush_timeout_s
         self.service = service
         self.team_header = team_header.lower().encode()
         self.user_header = user_header.lower().encode()
@@ -59,6 +81,9 @@ class SpendstreamMiddleware:
         self.tags = tags or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") == "lifespan" and self.flush_timeout_s is not None:
+            await self.app(scope, receive, self._flushing_send(send))
+            return
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
@@ -66,7 +91,7 @@ class SpendstreamMiddleware:
 
         def header(name: bytes | None) -> str | None:
             raw = headers.get(name) if name else None
-            return raw.decode("latin-1")[:128] if raw else None
+            return raw[:_HEADER_MAX_BYTES].decode("latin-1") if raw else None
 
         ctx = CallContext(
             service=self.service,
@@ -82,3 +107,23 @@ class SpendstreamMiddleware:
             await self.app(scope, receive, send)
         finally:
             _context.reset(token)
+
+    def _flushing_send(self, send: Send) -> Send:
+        async def flushing_send(message: Message) -> None:
+            if message.get("type") == "lifespan.shutdown.complete":
+                await self.flush()
+            await send(message)
+
+        return flushing_send
+
+    async def flush(self) -> int:
+        """Deliver what the emitter holds (never raises); returns events still pending."""
+        try:
+            if self.emitter is not None:
+                return await self.emitter.aflush(self.flush_timeout_s or 0.0)
+            from . import aflush
+
+            return await aflush(self.flush_timeout_s or 0.0)
+        except Exception as exc:
+            log.warning("spendstream: flush at shutdown failed: %s", type(exc).__name__)
+            return -1

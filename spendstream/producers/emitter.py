@@ -4,7 +4,14 @@
 thread serializes events, packs those that share a Kafka key into envelope records
 (:mod:`spendstream.wire`) and hands them to an idempotent confluent-kafka producer. When Kafka is
 slow or down the buffer fills and further events are dropped and counted by reason, never
-queued without bound; a warning is logged at most once per interval, from the background thread.
+queued without bound.
+
+The buffer is bounded in events and in bytes: with the broker down, 1,000 calls carrying
+256 Ki-character prompts grew the host by 254 MB under the count bound alone; the byte bound
+(``producer_buffer_bytes``, 64 MiB) charges each event 4 KiB (what one measured in memory) plus
+its text. A bad producer setting disables the emitter (drops counted as ``bad_config``, logged
+once) instead of raising into ``track()``. Drops are logged at once the first time per reason,
+then at most once per interval per reason, and summed up at close.
 """
 
 from __future__ import annotations
@@ -23,15 +30,30 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..config import Settings, get_settings
-from ..events import LLMCallEvent
+from ..events import LLMCallEvent, describe_error
 from ..wire import HEADERS, pack
+from .repair import Repairs
 from .tracking import P, R, TrackedCall, make_tracker, traced
 
 log = logging.getLogger("spendstream.producer")
 
 _DRAIN_MAX = 5_000
 """Events the background thread takes from the buffer per pass; bounds its private backlog."""
+EVENT_BYTES = 4096
+"""What one queued event without text holds in memory (tracemalloc: 4.3 KB for a pydantic
+LLMCallEvent with usage, tags and UUID): the byte bound's charge per event."""
+
+
+def text_bytes(event: LLMCallEvent) -> int:
+    """Memory of an event's texts: 1 byte a character if ASCII, else at most 4 (O(1) test)."""
+    total = 0
+    for text in (event.prompt_text, event.response_text):
+        if text:
+            total += len(text) if text.isascii() else 4 * len(text)
+    return total
 
 
 class DropReason(StrEnum):
@@ -45,6 +67,8 @@ class DropReason(StrEnum):
     """The broker did not acknowledge it within producer_message_timeout_ms."""
     CLOSED = "closed"
     """Emitted after close(), or still queued when the exit flush timed out."""
+    BAD_CONFIG = "bad_config"
+    """The settings or the librdkafka configuration are invalid: no producer could be made."""
     INTERNAL = "internal_error"
 
 
@@ -57,6 +81,11 @@ class EmitterStats:
     queued: int = 0
     """Accepted events not yet acknowledged by the broker (buffer + backlog + in flight)."""
     last_error: str | None = None
+    repaired: dict[str, int] = field(default_factory=dict)
+    """Events changed before emitting, by :class:`~spendstream.producers.repair.RepairReason`
+    (an event may count under several reasons); they were emitted, not dropped."""
+    buffered_bytes: int = 0
+    """Estimated bytes held before librdkafka's queue (the producer_buffer_bytes bound)."""
 
     @property
     def dropped_total(self) -> int:
@@ -80,6 +109,24 @@ class _RateLimitFilter(logging.Filter):
         return True
 
 
+class LogLimiter:
+    """At most one log line per key per interval, the first one at once (a named object so
+    the emitter and the tracker share it, and tests can read it)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e18) < self.interval_s:
+                return False
+            self._last[key] = now
+            return True
+
+
 class Emitter:
     """Non-blocking event publisher; one per process is enough (it is thread-safe)."""
 
@@ -91,16 +138,23 @@ class Emitter:
         producer_config: dict[str, Any] | None = None,
         register_atexit: bool = True,
     ) -> None:
-        s = settings or get_settings()
+        self._config_error: str | None = None
+        try:
+            s = settings or get_settings()
+        except Exception as exc:  # invalid SPENDSTREAM_* variables: never raise into the host
+            s = Settings.model_construct()
+            self._config_error = f"invalid settings: {_first_line(exc)}"
         self.settings = s
         self.topic = topic or s.topic_raw
         self._max_buffer = s.producer_buffer_events
+        self._max_buffer_bytes = s.producer_buffer_bytes
         self._max_events = s.producer_max_events_per_record
         self._max_bytes = s.producer_max_record_bytes
         self._span_s = s.producer_max_record_span_s
         self._linger_s = s.producer_linger_ms / 1000
         self._wake_at = max(1, min(self._max_events * 4, self._max_buffer // 2))
         self._log_interval = s.producer_drop_log_interval_s
+        self.log_limiter = LogLimiter(self._log_interval)
         self._extra_conf = producer_config or {}
         self._lock = threading.Lock()
         self._closed = False
@@ -137,19 +191,37 @@ class Emitter:
         from confluent_kafka import Producer
 
         self._q: deque[LLMCallEvent] = deque()
+        self._q_text = 0
+        """text_bytes() of the events in the buffer (changed under the lock)."""
         self._backlog: deque[tuple[bytes, bytes, int]] = deque()
         self._backlog_events = 0
+        self._backlog_bytes = 0
+        """Encoded bytes waiting for librdkafka (changed by the background thread only)."""
         self._busy = False
         """True while the thread holds events taken from the buffer but not yet in the backlog."""
         self._in_flight = 0
         self._delivered = 0
         self._dropped: Counter[str] = Counter()
+        self._repaired: Counter[str] = Counter()
         self._logged_drops: Counter[str] = Counter()
-        self._last_error: str | None = None
-        self._last_log = time.monotonic()
+        self._drop_logged_at: dict[str, float] = {}
+        self._last_error: str | None = self._config_error
         self._stop = False
         self._wake = threading.Event()
-        self._producer = Producer(self._producer_conf())
+        self._producer: Any = None
+        self._thread: threading.Thread | None = None
+        if self._config_error is None:
+            try:
+                self._producer = Producer(self._producer_conf())
+            except Exception as exc:  # e.g. an unknown or malformed PRODUCER_*/client property
+                self._config_error = self._last_error = f"bad producer config: {_first_line(exc)}"
+        if self._config_error is not None:
+            log.error(
+                "spendstream: call events are not sent (counted as dropped, bad_config) "
+                "until the settings are fixed: %s",
+                self._config_error,
+            )
+            return
         self._thread = threading.Thread(target=self._run, name="spendstream-emitter", daemon=True)
         self._thread.start()
 
@@ -163,16 +235,22 @@ class Emitter:
     def emit(self, event: LLMCallEvent) -> bool:
         """Queue ``event`` for delivery; returns at once. False if it was dropped (counted)."""
         try:
-            if self._closed:
-                self._drop(DropReason.CLOSED)
+            if self._closed or self._producer is None:
+                self._drop(DropReason.CLOSED if self._closed else DropReason.BAD_CONFIG)
                 return False
             if not isinstance(event, LLMCallEvent):
                 self._drop(DropReason.INVALID)
                 return False
             q = self._q
-            if len(q) >= self._max_buffer:
+            text = 0 if event.prompt_text is None and event.response_text is None else -1
+            if text:
+                text = text_bytes(event)
+            if not self._has_room(text):
                 self._drop(DropReason.BUFFER_FULL)
                 return False
+            if text:
+                with self._lock:
+                    self._q_text += text
             q.append(event)
             if len(q) == self._wake_at:
                 self._wake.set()
@@ -181,10 +259,20 @@ class Emitter:
             self._drop(DropReason.INTERNAL)
             return False
 
+    def _has_room(self, text: int) -> bool:
+        n = len(self._q)
+        used = n * EVENT_BYTES + self._q_text + self._backlog_bytes
+        return n < self._max_buffer and used + EVENT_BYTES + text <= self._max_buffer_bytes
+
+    def buffered_bytes(self) -> int:
+        """Estimated bytes held before librdkafka's queue (what producer_buffer_bytes bounds)."""
+        return len(self._q) * EVENT_BYTES + self._q_text + self._backlog_bytes
+
     def put(self, event: LLMCallEvent, timeout: float | None = None) -> bool:
         """Like :meth:`emit`, but waits for buffer room (for replay and load tools, not hosts)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while len(self._q) >= self._max_buffer and not self._closed:
+        text = text_bytes(event) if isinstance(event, LLMCallEvent) else 0
+        while not self._has_room(text) and not self._closed and self._producer is not None:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             self._wake.set()
@@ -212,10 +300,30 @@ class Emitter:
         with self._lock:
             self._dropped[reason.value] += n
 
+    def note_repairs(self, repairs: Repairs) -> None:
+        """Count the repairs made to one event and log them (once per reason per interval),
+        naming fields only: the values may be prompt, header or user text."""
+        if not repairs:
+            return
+        with self._lock:
+            for reason in {r for r, _ in repairs}:
+                self._repaired[reason.value] += 1
+        for reason, name in repairs:
+            if self.log_limiter.allow(f"repair:{reason.value}"):
+                log.warning(
+                    "spendstream: a call event was repaired (%s: %s); counted in "
+                    "stats().repaired, logged at most every %.0fs per reason",
+                    reason.value,
+                    name,
+                    self._log_interval,
+                )
+
     # --- delivery ------------------------------------------------------------------------------
     def flush(self, timeout: float = 10.0) -> int:
         """Deliver what is queued, waiting at most ``timeout`` s; returns events still pending."""
         deadline = time.monotonic() + max(0.0, timeout)
+        if self._producer is None:
+            return self.pending()
         try:
             while (self._q or self._busy or self._backlog) and time.monotonic() < deadline:
                 self._wake.set()
@@ -244,11 +352,31 @@ class Emitter:
         self._closed = True
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout=2.0)
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
         if left:
             self._drop(DropReason.CLOSED, left)
-            log.warning("spendstream: %d call events were not delivered before close", left)
+        self._log_summary()
         return left
+
+    def _log_summary(self) -> None:
+        """One line at close: what was delivered, dropped and repaired over the whole run."""
+        st = self.stats()
+
+        def counts(d: dict[str, int]) -> str:
+            return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
+
+        log.log(
+            logging.WARNING if st.dropped else logging.INFO,
+            "spendstream: emitter closed: %d call events delivered, %d dropped (%s), "
+            "%d repaired (%s); last Kafka error: %s",
+            st.delivered,
+            st.dropped_total,
+            counts(st.dropped),
+            sum(st.repaired.values()),
+            counts(st.repaired),
+            st.last_error,
+        )
 
     def _atexit(self) -> None:
         self.close(self.settings.producer_flush_timeout_s)
@@ -260,6 +388,8 @@ class Emitter:
                 dropped=dict(self._dropped),
                 queued=self.pending(),
                 last_error=self._last_error,
+                repaired=dict(self._repaired),
+                buffered_bytes=self.buffered_bytes(),
             )
 
     # --- background thread -----------------------------------------------------------------------
@@ -285,8 +415,15 @@ class Emitter:
                 return False
             self._busy = True  # before the first pop, so flush() never sees the events nowhere
             try:
+                text = 0
                 while q and len(batch) < _DRAIN_MAX:
-                    batch.append(q.popleft())
+                    ev = q.popleft()
+                    batch.append(ev)
+                    if ev.prompt_text is not None or ev.response_text is not None:
+                        text += text_bytes(ev)
+                if text:
+                    with self._lock:
+                        self._q_text -= text
                 self._encode(batch)
             finally:
                 self._busy = False
@@ -316,6 +453,7 @@ class Emitter:
                     self._in_flight -= n
                     self._backlog_events -= n
                 self._backlog.popleft()
+                self._backlog_bytes -= len(value)
                 too_large = "SIZE_TOO_LARGE" in str(exc)
                 self._drop(DropReason.TOO_LARGE if too_large else DropReason.INTERNAL, n)
                 self._last_error = str(exc)
@@ -323,6 +461,7 @@ class Emitter:
             with self._lock:
                 self._backlog_events -= n
             self._backlog.popleft()
+            self._backlog_bytes -= len(value)
         self._producer.poll(0)
         return bool(self._q)
 
@@ -338,7 +477,9 @@ class Emitter:
             self._push(key, lines)
 
     def _push(self, key: bytes, lines: list[bytes]) -> None:
-        self._backlog.append((key, b"\n".join(lines), len(lines)))
+        value = b"\n".join(lines)
+        self._backlog.append((key, value, len(lines)))
+        self._backlog_bytes += len(value)
         with self._lock:
             self._backlog_events += len(lines)
 
@@ -355,19 +496,24 @@ class Emitter:
         self._last_error = str(err)
 
     def _log_drops(self) -> None:
+        """Log new drops: a reason's first drop at once, then at most once per interval."""
         now = time.monotonic()
-        if now - self._last_log < self._log_interval:
-            return
         with self._lock:
             new = self._dropped - self._logged_drops
-            self._logged_drops = Counter(self._dropped)
-        self._last_log = now
-        if new:
+            due = {
+                k: v
+                for k, v in new.items()
+                if now - self._drop_logged_at.get(k, -1e18) >= self._log_interval
+            }
+            for k in due:
+                self._logged_drops[k] = self._dropped[k]
+                self._drop_logged_at[k] = now
+        if due:
             log.warning(
-                "spendstream: dropped %s call events in the last %.0fs (%s); last Kafka error: %s",
-                sum(new.values()),
-                self._log_interval,
-                ", ".join(f"{k}={v}" for k, v in sorted(new.items())),
+                "spendstream: dropped %s call events (%s) since this reason was last logged; "
+                "last Kafka error: %s",
+                sum(due.values()),
+                ", ".join(f"{k}={v}" for k, v in sorted(due.items())),
                 self._last_error,
             )
 
@@ -377,3 +523,11 @@ class Emitter:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             self.close(self.settings.producer_flush_timeout_s)
+
+
+def _first_line(exc: BaseException) -> str:
+    """What went wrong, without input values (a pydantic error's text echoes them)."""
+    if isinstance(exc, ValidationError):
+        return describe_error(exc)[:300]
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

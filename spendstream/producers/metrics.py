@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .emitter import DropReason, Emitter
+from .repair import RepairReason
 
 
 class EmitterCollector(Collector):
@@ -38,3 +39,17 @@ class EmitterCollector(Collector):
         )
         queued.add_metric([], st.queued)
         yield queued
+        repaired = CounterMetricFamily(
+            "spendstream_sdk_events_repaired",
+            "Call events emitted after a refused value was fixed or left out, by reason.",
+            labels=["reason"],
+        )
+        for why in RepairReason:
+            repaired.add_metric([why.value], st.repaired.get(why.value, 0))
+        yield repaired
+        buffered = GaugeMetricFamily(
+            "spendstream_sdk_buffered_bytes",
+            "Estimated bytes held before librdkafka's queue (bounded by producer_buffer_bytes).",
+        )
+        buffered.add_metric([], st.buffered_bytes)
+        yield buffered

@@ -2,8 +2,10 @@
 
 The tracker measures latency (and time to first token for streams), reads usage from the
 provider response, fills ``status``/``error_type`` when the call raises, and emits on exit. It
-re-raises the host's own exception untouched and never raises one of its own: a tracking
-problem is counted as a dropped event (``invalid``) and logged by the emitter.
+re-raises the host's own exception untouched and never raises one of its own: a value the
+schema refuses is repaired or left out (:mod:`.repair`, counted in ``stats().repaired``) so the
+call is still recorded; only an event beyond repair is dropped (``invalid``). Logs name fields,
+never values.
 
 Defaults for ``service``, ``endpoint``, ``team``, ``user_id`` come from the request context that
 :class:`~spendstream.producers.asgi.SpendstreamMiddleware` (or :func:`call_context`) sets.
@@ -22,7 +24,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ..events import CacheKind, LLMCallEvent, Operation, Status, Usage
+from ..events import CacheKind, LLMCallEvent, Status, Usage
+from .repair import (
+    RepairReason,
+    Repairs,
+    build_event,
+    fit_texts,
+    normalise_provider,
+    operation_of,
+    repair_usage,
+)
 from .usage import StreamUsage, extract_usage
 
 if TYPE_CHECKING:
@@ -99,9 +110,12 @@ def classify_error(exc: BaseException) -> Status:
 class TrackedCall:
     """One call being timed. Use as a (async) context manager; see :meth:`Emitter.track`."""
 
-    def __init__(self, emitter: Emitter, fields: dict[str, Any]) -> None:
+    def __init__(
+        self, emitter: Emitter, fields: dict[str, Any], repairs: Repairs | None = None
+    ) -> None:
         self._emitter = emitter
         self.fields = fields
+        self._repairs: Repairs = repairs or []
         self.usage: Usage | None = fields.pop("usage", None)
         self.response_model: str | None = fields.pop("response_model", None)
         self._stream: StreamUsage | None = None
@@ -120,8 +134,16 @@ class TrackedCall:
             log.debug("spendstream: no usage in response: %s", exc)
 
     def set_usage(self, **tokens: int | None) -> None:
-        """Report usage directly, in OTel semantics (input includes cache tokens)."""
-        self.usage = Usage(**tokens)
+        """Report usage directly, in OTel semantics (input includes cache tokens).
+
+        Never raises: counts the schema refuses are repaired (:func:`.repair.repair_usage`:
+        the inconsistent whole is dropped, the parts kept, the worker estimates it).
+        """
+        try:
+            self.usage = Usage(**tokens)
+        except Exception:
+            self.usage = repair_usage(tokens)
+            self._repairs.append((RepairReason.USAGE_REPAIRED, "usage"))
 
     def first_token(self) -> None:
         """Mark the first streamed token (sets ``ttft_ms`` once)."""
@@ -165,32 +187,14 @@ class TrackedCall:
                 got = self._stream.result()
                 if got is not None:
                     self.usage, self.response_model = got.usage, got.response_model
-            ctx = current_context()
-            f = dict(self.fields)
-            tags = {**ctx.tags, **(f.pop("tags", None) or {})}
-            status = f.pop("status", None) or (Status.OK if exc is None else classify_error(exc))
-            ev = LLMCallEvent(
-                timestamp=self._started or datetime.now(UTC),
-                service=f.pop("service", None)
-                or ctx.service
-                or self._emitter.settings.service
-                or "unknown",
-                endpoint=f.pop("endpoint", None) or ctx.resolved_endpoint() or "unknown",
-                team=f.pop("team", None) or ctx.team,
-                user_id=f.pop("user_id", None) or ctx.user_id,
-                prompt_version=f.pop("prompt_version", None) or ctx.prompt_version,
-                tags=tags,
-                usage=self.usage or Usage(),
-                response_model=self.response_model,
-                latency_ms=round(latency_ms, 3),
-                ttft_ms=None if self._ttft_ms is None else round(self._ttft_ms, 3),
-                status=status,
-                error_type=f.pop("error_type", None)
-                or (type(exc).__name__ if exc is not None else None),
-                **f,
-            )
-        except Exception as build_exc:
-            log.warning("spendstream: could not build the call event: %s", build_exc)
+            ev = self._build(exc, latency_ms)
+        except Exception as build_exc:  # a bug here must not reach the host either
+            ev = None
+            self._emitter.note_repairs(self._repairs)
+            if self._emitter.log_limiter.allow("build-error"):
+                name = type(build_exc).__name__
+                log.warning("spendstream: could not build a call event (%s)", name)
+        if ev is None:
             from .emitter import DropReason
 
             self._emitter._drop(DropReason.INVALID)
@@ -198,13 +202,58 @@ class TrackedCall:
         self.event = ev
         self._emitter.emit(ev)
 
+    def _build(self, exc: BaseException | None, latency_ms: float) -> LLMCallEvent | None:
+        """The event, repaired if the schema refuses a value; None (logged) if beyond repair."""
+        ctx = current_context()
+        f = dict(self.fields)
+        tags = {**ctx.tags, **(f.pop("tags", None) or {})}
+        status = f.pop("status", None) or (Status.OK if exc is None else classify_error(exc))
+        fields: dict[str, Any] = dict(
+            timestamp=self._started or datetime.now(UTC),
+            service=f.pop("service", None)
+            or ctx.service
+            or self._emitter.settings.service
+            or "unknown",
+            endpoint=f.pop("endpoint", None) or ctx.resolved_endpoint() or "unknown",
+            team=f.pop("team", None) or ctx.team,
+            user_id=f.pop("user_id", None) or ctx.user_id,
+            prompt_version=f.pop("prompt_version", None) or ctx.prompt_version,
+            tags=tags,
+            usage=self.usage or Usage(),
+            response_model=self.response_model,
+            latency_ms=round(latency_ms, 3),
+            ttft_ms=None if self._ttft_ms is None else round(self._ttft_ms, 3),
+            status=status,
+            error_type=f.pop("error_type", None)
+            or (type(exc).__name__ if exc is not None else None),
+        )
+        fields.update(f)
+        repairs = self._repairs
+        fit_texts(fields, repairs)
+        try:
+            ev: LLMCallEvent | None = LLMCallEvent(**fields)
+        except Exception:
+            ev, why = build_event(fields, repairs)
+            if ev is None and self._emitter.log_limiter.allow("invalid"):
+                log.warning("spendstream: a call event could not be repaired, dropped: %s", why)
+        self._emitter.note_repairs(repairs)
+        return ev
+
 
 def make_tracker(emitter: Emitter, provider: str, model: str, **fields: Any) -> TrackedCall:
-    if "operation" in fields and isinstance(fields["operation"], str):
-        fields["operation"] = Operation(fields["operation"])
-    if "cache_kind" in fields and isinstance(fields["cache_kind"], str):
-        fields["cache_kind"] = CacheKind(fields["cache_kind"])
-    return TrackedCall(emitter, {"provider": provider, "request_model": model, **fields})
+    """Never raises: an unknown operation becomes ``other`` (aliases such as
+    ``chat.completions`` map to theirs), a provider id is lowercased, the rest is checked
+    when the event is built, after the host's block ran."""
+    repairs: Repairs = []
+    if "operation" in fields:
+        fields["operation"], unknown = operation_of(fields["operation"])
+        if unknown:
+            repairs.append((RepairReason.OPERATION_UNKNOWN, "operation"))
+    kind = fields.get("cache_kind")
+    if isinstance(kind, str) and kind in CacheKind.__members__.values():
+        fields["cache_kind"] = CacheKind(kind)
+    provider = normalise_provider(provider)
+    return TrackedCall(emitter, {"provider": provider, "request_model": model, **fields}, repairs)
 
 
 def traced(

@@ -44,8 +44,14 @@ def as_dict(response: Any) -> dict[str, Any]:
         return dict(response)
     dump = getattr(response, "model_dump", None)
     if callable(dump):
-        # by_alias: google-genai models dump camelCase (usageMetadata) like the REST body
-        out = dump(mode="json", by_alias=True, exclude_none=True)
+        # by_alias: google-genai models dump camelCase (usageMetadata) like the REST body.
+        # warnings=False: openai's responses.stream() events hold ParsedResponse objects where
+        # the field type says Response, and pydantic's serializer warns about each — a
+        # UserWarning into the host, an exception under -W error (pytest's filterwarnings).
+        try:
+            out = dump(mode="json", by_alias=True, exclude_none=True, warnings=False)
+        except TypeError:  # a model_dump without that argument (an SDK's own override)
+            out = dump(mode="json", by_alias=True, exclude_none=True)
         if isinstance(out, dict):
             return out
     to_dict = getattr(response, "to_dict", None)
