@@ -219,6 +219,30 @@ def _report(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _webhook_url(args: argparse.Namespace, s: Settings) -> str:
+    """--webhook, else --webhook-file, else SPENDSTREAM_ALERT_WEBHOOK_URL (the last two keep a
+    Slack webhook's secret out of the process list)."""
+    from pathlib import Path
+
+    if args.webhook:
+        logging.getLogger("spendstream.alerts").warning(
+            "--webhook shows the URL (and any secret in it) to every local user via ps; "
+            "prefer --webhook-file or SPENDSTREAM_ALERT_WEBHOOK_URL"
+        )
+        return str(args.webhook)
+    if args.webhook_file:
+        try:
+            return Path(args.webhook_file).read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"spendstream alerts relay: --webhook-file: {exc}") from None
+    if s.alert_webhook_url is not None:
+        return s.alert_webhook_url.get_secret_value().strip()
+    raise SystemExit(
+        "spendstream alerts relay: give --webhook-file PATH, SPENDSTREAM_ALERT_WEBHOOK_URL "
+        "or --webhook URL"
+    )
+
+
 def _alerts(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import signal
@@ -233,9 +257,11 @@ def _alerts(args: argparse.Namespace, s: Settings) -> int:
         if args.action == "tail":
             await tail(s, args.json, args.from_beginning, stop)
             return
-        if not args.webhook:
-            raise SystemExit("spendstream alerts relay: --webhook URL is required")
-        st = await relay(s, args.webhook, fmt=args.format, group=args.group, stop=stop)
+        url = _webhook_url(args, s)
+        try:
+            st = await relay(s, url, fmt=args.format, group=args.group, stop=stop)
+        except ValueError as exc:
+            raise SystemExit(f"spendstream alerts relay: {exc}") from None
         logging.getLogger("spendstream.alerts").info("stopped: %s", st)
 
     asyncio.run(go())
@@ -350,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("action", choices=["tail", "relay"])
     al.add_argument("--json", action="store_true", help="tail: one JSON alert per line")
     al.add_argument("--from-beginning", action="store_true", help="tail: from the oldest alert")
-    al.add_argument("--webhook", help="relay: POST each alert to this URL")
+    al.add_argument("--webhook", help="relay: POST each alert to this URL (visible in ps)")
+    al.add_argument("--webhook-file", help="relay: read the webhook URL from this file")
     al.add_argument("--format", choices=["json", "slack"], default="json", help="relay body")
     al.add_argument("--group", default="spendstream-alert-relay", help="relay consumer group")
     al.set_defaults(func=_alerts)
