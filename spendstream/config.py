@@ -11,11 +11,15 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import quote
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+LEGACY_POSTGRES_PASSWORD = "spendstream"
+"""The fixed password of stacks made before per-stack passwords (and of infra/docker-compose)."""
 
 
 class Settings(BaseSettings):
@@ -51,6 +55,9 @@ class Settings(BaseSettings):
     """Default ``service`` of emitted events (e.g. the deployment name)."""
     producer_buffer_events: int = Field(100_000, ge=1)
     """Events the SDK holds in memory while Kafka is slow or down; beyond it they are dropped."""
+    producer_buffer_bytes: int = Field(67_108_864, ge=1_048_576)
+    """Bytes (estimated: 4 KiB per event + its text) the SDK holds before librdkafka's queue;
+    beyond it events are dropped (``buffer_full``), so large prompts cannot grow the host."""
     producer_queue_kbytes: int = Field(65_536, ge=1024)
     """librdkafka's own send queue bound (KiB), on top of the event buffer."""
     producer_linger_ms: int = Field(50, ge=0, le=10_000)
@@ -117,9 +124,9 @@ class Settings(BaseSettings):
     """JSON: ``{"team:finance": {"hourly": "5", "daily": "80"}}`` (scope → USD budgets)."""
 
     # --- stores ------------------------------------------------------------------------------
-    postgres_dsn: str = ""
-    """asyncpg DSN; empty means the local stack's database."""
-    redis_url: str = ""
+    postgres_dsn: str = Field("", repr=False)
+    """asyncpg DSN; empty means the local stack's database (with the stack's password)."""
+    redis_url: str = Field("", repr=False)
     """Redis URL; empty means the local stack's Redis."""
     prometheus_url: str = ""
     metrics_port: int = Field(19464, ge=1, le=65535)
@@ -149,7 +156,11 @@ class Settings(BaseSettings):
     kafka_heap: str = "1g"
     postgres_port: int = Field(15432, ge=1, le=65535)
     postgres_user: str = "spendstream"
-    postgres_password: SecretStr = SecretStr("spendstream")
+    postgres_password: SecretStr | None = None
+    """Empty: the stack's generated one, ``<stack_dir>/secrets/postgres_password`` (a stack
+    made before that file existed: ``spendstream`` until its next full `stack down`/`up`)."""
+    redis_password: SecretStr | None = None
+    """Redis ``requirepass``; empty: ``<stack_dir>/secrets/redis_password`` (none if absent)."""
     postgres_db: str = "spendstream"
     redis_port: int = Field(16380, ge=1, le=65535)
     prometheus_port: int = Field(19090, ge=1, le=65535)
@@ -204,18 +215,43 @@ class Settings(BaseSettings):
     def _derive_local_addresses(self) -> Self:
         if not self.kafka_bootstrap_servers:
             self.kafka_bootstrap_servers = f"127.0.0.1:{self.kafka_port}"
-        if not self.postgres_dsn:
-            pw = self.postgres_password.get_secret_value()
+        if not self.prometheus_url:
+            self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}"
+        self.stack_dir = self.stack_dir.expanduser().resolve()
+        self._derived = frozenset(f for f in ("postgres_dsn", "redis_url") if not getattr(self, f))
+        self.reload_stack_secrets()
+        return self
+
+    _derived: frozenset[str] = PrivateAttr(default=frozenset())
+    """The store addresses derived from the local stack (not given by the user)."""
+
+    def stack_secret_path(self, name: str) -> Path:
+        """Where `stack up` keeps the generated password ``name`` (postgres, redis): 0600."""
+        return self.stack_dir / "secrets" / f"{name}_password"
+
+    def stack_secret(self, name: str) -> str | None:
+        """The local stack's password ``name``: the setting if given, else the stack's file."""
+        given: SecretStr | None = getattr(self, f"{name}_password")
+        if given is not None:
+            return given.get_secret_value()
+        try:
+            return self.stack_secret_path(name).read_text().strip() or None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def reload_stack_secrets(self) -> None:
+        """(Re)derive the local DSN and Redis URL from the stack's passwords, in place: `stack
+        up` calls it after generating them, for the callers that already hold this object."""
+        if "postgres_dsn" in self._derived:
+            pw = quote(self.stack_secret("postgres") or LEGACY_POSTGRES_PASSWORD, safe="")
             self.postgres_dsn = (
                 f"postgresql://{self.postgres_user}:{pw}@127.0.0.1:{self.postgres_port}"
                 f"/{self.postgres_db}"
             )
-        if not self.redis_url:
-            self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        if not self.prometheus_url:
-            self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}"
-        self.stack_dir = self.stack_dir.expanduser().resolve()
-        return self
+        if "redis_url" in self._derived:
+            rpw = self.stack_secret("redis")
+            auth = f":{quote(rpw, safe='')}@" if rpw else ""
+            self.redis_url = f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 
     def isolated(self, name: str, **extra: Any) -> tuple[Settings, dict[str, str]]:
         """These settings with topics ``<name>.raw`` … and worker group ``name``: a run that
