@@ -337,7 +337,12 @@ def describe_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "<event>"
-        lines.append(f"{loc}: {err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "string_pattern_mismatch" and "\\x00-\\x1f" in str(
+            (err.get("ctx") or {}).get("pattern", "")
+        ):
+            msg = "contains a control character (C0, DEL or C1), which is never stored"
+        lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
 
 
