@@ -1,4 +1,5 @@
-"""A second, private stack: `up` → `status` → `down` through the CLI leaves no process behind."""
+"""A second, private stack: `up` → `status` → `down` through the CLI leaves no process behind,
+and a fresh stack comes up with its own generated passwords (which no output shows)."""
 
 from __future__ import annotations
 
@@ -83,7 +84,10 @@ def test_up_status_down_leaves_nothing_running(stack_dir: Path) -> None:
             "kafka": "up",
         }
         assert lines["kafka"][2] == "127.0.0.1:29192"
-        pg = Postgres(Settings(stack_dir=stack_dir))
+        s = Settings(stack_dir=stack_dir)
+        secrets = [s.stack_secret_path(n).read_text().strip() for n in ("postgres", "redis")]
+        assert all(len(pw) == 32 and pw not in up.stdout + up.stderr + st.stdout for pw in secrets)
+        pg = Postgres(s)
         assert len(processes_under(stack_dir) + processes_under(pg.root)) >= 4
         assert (pg.data / "PG_VERSION").exists()
         if os.geteuid() == 0 and stack_dir.parent.stat().st_mode & 0o077 == 0:

@@ -1,7 +1,8 @@
 """`spendstream stack up | down | status`: the real local stack, no Docker.
 
 Kafka (KRaft, jars from Maven Central), PostgreSQL, Redis and Prometheus (Debian packages), each
-in a private dir under ``SPENDSTREAM_STACK_DIR``, on loopback and non-default ports.
+in a private (0700) dir under ``SPENDSTREAM_STACK_DIR``, on loopback and non-default ports, with
+passwords generated per stack (credentials.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..config import Settings
+from . import credentials
 from .process import StackError, port_open, wait_until
 from .services import Service, all_services
 
@@ -58,6 +60,7 @@ def up(settings: Settings, names: Iterable[str] | None = None) -> list[ServiceSt
     for svc in services:
         svc.check_prerequisites()
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    _passwords(settings)
     started: list[Service] = []
     for svc in services:
         if svc.running_pid() is not None:
@@ -68,6 +71,7 @@ def up(settings: Settings, names: Iterable[str] | None = None) -> list[ServiceSt
                 f"stop it or set SPENDSTREAM_{svc.name.upper()}_PORT"
             )
         svc.prepare()
+        svc.restrict()
         log.info("starting %s on 127.0.0.1:%d", svc.name, svc.port)
         svc.launch()
         started.append(svc)
@@ -91,6 +95,24 @@ def up(settings: Settings, names: Iterable[str] | None = None) -> list[ServiceSt
         if svc in started:
             log.info("%s ready in %.1fs", svc.name, time.monotonic() - t0)
     return status(settings, names)
+
+
+def _passwords(settings: Settings) -> None:
+    """Generate the stack's missing passwords, but only while none of its services runs: a
+    running one (a stack made before passwords) has clients holding the old credentials."""
+    lacking = credentials.missing(settings)
+    if not lacking:
+        return
+    if not any(svc.running_pid() for svc in all_services(settings)):
+        made = credentials.ensure(settings)
+        where = settings.stack_secret_path("postgres").parent
+        log.info("generated the stack's %s password(s) in %s", ", ".join(made), where)
+        return
+    log.warning(
+        "this stack runs without generated %s password(s) (it was made by an older "
+        "spendstream): `spendstream stack down && spendstream stack up` generates them",
+        "/".join(lacking),
+    )
 
 
 def down(settings: Settings, names: Iterable[str] | None = None) -> list[str]:

@@ -1,7 +1,8 @@
 """Background processes of the local stack: spawn detached, track by pid file, stop for sure.
 
 Each service runs in its own session (process group), so stopping it also stops anything it
-forked, and `stack down` leaves no process behind.
+forked, and `stack down` leaves no process behind. Each runs with umask 077 and logs to a 0600
+file: Kafka's segments and the logs hold prompt text, which other local users must not read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -109,9 +111,11 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         user: str | None = None,
     ) -> int:
-        """Spawn ``argv`` detached (own session), output appended to the log file."""
+        """Spawn ``argv`` detached (own session, umask 077), output appended to the log file."""
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        with self.logfile.open("ab") as log:
+        fd = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # a log made by an older stack was 0644
+        with os.fdopen(fd, "ab") as log:
             proc = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
@@ -121,8 +125,11 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 user=user,
+                umask=0o077,
             )
-        self.pidfile.write_text(f"{proc.pid}\n")
+        fd = os.open(self.pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{proc.pid}\n")
         return proc.pid
 
     def exited_early(self) -> bool:
@@ -160,11 +167,23 @@ class ManagedProcess:
             return "(no log)"
 
 
+def restrict(root: Path) -> None:
+    """Take group and other permissions off ``root`` and everything below it (symlinks left
+    alone): files an older stack wrote with umask 022, and config files rendered here."""
+    for path in (root, *root.rglob("*")):
+        try:
+            st = path.lstat()
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                path.chmod(stat.S_IMODE(st.st_mode) & 0o700)
+        except FileNotFoundError:
+            continue  # a file a running service just removed
+
+
 def _group_alive(pgid: int) -> bool:
     """True while any non-zombie process of the group exists."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for statfile in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = statfile.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         # fields: state ppid pgrp ...

@@ -2,7 +2,10 @@
 
 Each service knows its prerequisites, how to prepare its private data dir, how to start, and
 what "ready" means for it: a produce/consume round trip for Kafka, ``SELECT 1`` for PostgreSQL,
-``PING`` for Redis and ``/-/ready`` for Prometheus. Everything listens on loopback only.
+``PING`` for Redis and ``/-/ready`` for Prometheus. Everything listens on loopback only, and
+is closed to the other local users: each service's dir is 0700 (files 0600), PostgreSQL asks
+for a password on its socket too, Redis has ``requirepass`` (passwords: credentials.py), and
+Prometheus runs without its lifecycle API (``/-/quit`` was one unauthenticated POST away).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from string import Template
 
-from ..config import Settings
-from .process import ManagedProcess, Prerequisite, StackError, port_open
+from ..config import LEGACY_POSTGRES_PASSWORD, Settings
+from .credentials import scram_verifier
+from .process import ManagedProcess, Prerequisite, StackError, port_open, restrict
 
 log = logging.getLogger("spendstream.stack")
 
@@ -71,6 +75,10 @@ class Service(ABC):
 
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Create data dirs and config files (idempotent); may download once."""
+
+    def restrict(self) -> None:
+        """Make the service's files its owner's alone (after `prepare`, before `launch`)."""
+        restrict(self.dir)
 
     @abstractmethod
     def launch(self) -> None:
@@ -274,18 +282,46 @@ class Postgres(Service):
             entry = pwd.getpwnam(self.user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
+    @property
+    def password(self) -> str:
+        return self.s.stack_secret("postgres") or LEGACY_POSTGRES_PASSWORD
+
     def prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._own(self.dir)
         if self.user is not None and self._as_user(["test", "-w", str(self.root)]).returncode != 0:
             self._fallback.mkdir(mode=0o700, exist_ok=True)
             self._own(self._fallback)
         if (self.data / "PG_VERSION").exists():
-            return
+            self._set_password()  # the configured one, also on a stack made with another
+        else:
+            self._initdb()
+        hba = render(infra_file("postgres", "pg_hba.conf"), self.data / "pg_hba.conf")
+        self._own(hba)
+
+    def restrict(self) -> None:
+        restrict(self.dir)
+        restrict(self.root)  # the socket's dir, and the data dir when it lives in /var/tmp
+
+    def _set_password(self) -> None:
+        """ALTER ROLE in single-user mode, before the server starts: no socket, no trust.
+
+        Only the SCRAM verifier goes in, so the password is in no PostgreSQL log either."""
+        role = self.s.postgres_user.replace('"', '""')
+        sql = f"ALTER ROLE \"{role}\" PASSWORD '{scram_verifier(self.password)}'\n"
+        argv = [str(self.bindir() / "postgres"), "--single", "-D", str(self.data), "postgres"]
+        res = subprocess.run(
+            argv, input=sql, capture_output=True, text=True, user=self.user, cwd="/"
+        )
+        if res.returncode != 0 or "ERROR:" in res.stdout + res.stderr:
+            raise StackError(f"could not set the role's password:\n{res.stdout}{res.stderr}")
+
+    def _initdb(self) -> None:
         pwfile = self.root / "pwfile"
-        pwfile.write_text(self.s.postgres_password.get_secret_value() + "\n")
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password + "\n")
         self._own(pwfile)
-        pwfile.chmod(0o600)
         res = self._as_user(
             [
                 str(self.bindir() / "initdb"),
@@ -294,7 +330,7 @@ class Postgres(Service):
                 "-U",
                 self.s.postgres_user,
                 f"--pwfile={pwfile}",
-                "--auth-local=trust",
+                "--auth-local=scram-sha-256",
                 "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
@@ -317,6 +353,8 @@ class Postgres(Service):
                 "listen_addresses=127.0.0.1",
                 "-c",
                 f"unix_socket_directories={self.root}",
+                "-c",
+                "unix_socket_permissions=0700",
                 "-c",
                 "max_connections=200",
                 "-c",
@@ -361,14 +399,21 @@ class Redis(Service):
         return self.s.redis_port
 
     def prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Redis rewrites its process title; keeping the config path in it lets the pid check
         # tell our server from any other redis-server.
-        (self.dir / "redis.conf").write_text(
-            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\n'
+        conf = (
+            f'port {self.port}\nbind 127.0.0.1\nprotected-mode yes\nsave ""\nappendonly no\n'
             f"dir {self.dir}\nmaxmemory-policy noeviction\n"
             'proc-title-template "{title} {listen-addr} {config-file}"\n'
         )
+        password = self.s.stack_secret("redis")
+        if password:  # none: a stack made before passwords, until its next full restart
+            conf += f"requirepass {json.dumps(password)}\n"  # a quoted string Redis reads
+        fd = os.open(self.dir / "redis.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(conf)
 
     def launch(self) -> None:
         self.proc.start(["redis-server", str(self.dir / "redis.conf")], cwd=self.dir)
@@ -414,7 +459,6 @@ class Prometheus(Service):
                 f"--config.file={self.dir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={self.dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=15d",
             ],
             cwd=self.dir,
