@@ -7,10 +7,27 @@ stream of ``add``/``del`` events that a background task tails; an entry that exp
 evicted elsewhere is also caught at read time (its key is gone), so a stale index can cost a
 miss but never serve a dead entry.
 
-Redis layout under ``spendstream:cache:<namespace>``:
-``:x:<exact key>`` answer JSON (exact tier) · ``:e:<partition>:<id>`` hash (vector, prompt,
-answer, cost) · ``:z:<partition>`` ids by creation time (bound + eviction) · ``:parts`` known
-partitions · ``:events`` the sync stream.
+Redis layout under ``spendstream:cache:<namespace>`` — every key has a TTL (``ttl_s``; the
+shared ones are refreshed by each put, so they outlive their newest entry by at most ``ttl_s``):
+
+- ``:x:<exact key>`` exact tier, JSON ``{"response", "cost_usd"}``;
+- ``:e:<partition>:<id>`` semantic entry, hash ``vec`` (float32 embedding), ``prompt``,
+  ``response``, ``cost``, ``exact`` (its ``:x:`` twin, for eviction), ``created``, ``expires``;
+- ``:z:<partition>`` entry ids by creation time (size bound, eviction; expired ids pruned on put);
+- ``:parts`` known partitions (built into the index on start);
+- ``:events`` the sync stream, ``op``/``part``/``id`` only (capped at ``stream_maxlen``).
+
+What is stored, and why: the response (it is the answer served) and the cost (the spend a hit
+avoided). The last user message is kept in clear in semantic entries only, because the guard
+(:mod:`.guard`) compares the query's numbers, entities and negation with the candidate's text
+and an embedding cannot give them back; the exact tier does not keep it (a hit's prompt is the
+query itself). Key names hold 12-byte BLAKE2b digests of the partition (tenant, model, system
+prompt, sampling, earlier turns) and of the prompt — unkeyed, so a guessable short prompt can be
+confirmed from a key name. ``keep_text`` does not apply: a response cache stores text by nature.
+Anyone who can read this Redis database reads every cached prompt and response of every tenant
+for up to ``ttl_s``: give the cache its own Redis (or ACL user limited to this prefix), with a
+password and TLS off-host, and a ``ttl_s`` no longer than the answers may be kept. Nothing
+written here is ever without a TTL (a probe found ``:z:``, ``:parts`` and ``:events`` without one).
 """
 
 from __future__ import annotations
@@ -223,7 +240,7 @@ class SemanticCache:
             self.stats.hits_exact += 1
             cost = Decimal(d["cost_usd"])
             self.stats.saved_usd += cost
-            return CacheHit(CacheKind.EXACT, d["response"], cost, 1.0, d["prompt"])
+            return CacheHit(CacheKind.EXACT, d["response"], cost, 1.0, req.query)
         if idx is None or not semantic:
             self.stats.misses += 1
             return None
@@ -262,9 +279,10 @@ class SemanticCache:
         touched: set[str] = set()
         for start in range(0, len(items), 1000):
             pipe = self.redis.pipeline(transaction=False)
+            chunk_parts: set[str] = set()
             for i in range(start, min(start + 1000, len(items))):
                 req, response, cost = items[i]
-                body = {"response": response, "cost_usd": str(cost), "prompt": req.query}
+                body = {"response": response, "cost_usd": str(cost)}
                 pipe.set(f"{self.prefix}:x:{req.exact_key}", json.dumps(body), ex=ttl)
                 self.stats.puts += 1
                 if i not in vec_of:
@@ -285,8 +303,10 @@ class SemanticCache:
                     maxlen=self.config.stream_maxlen,
                     approximate=True,
                 )
-                touched.add(part)
+                chunk_parts.add(part)
                 self._index(part).add(eid, vec, req.query, now, expires)
+            self._refresh_ttls(pipe, chunk_parts, now)
+            touched |= chunk_parts
             await pipe.execute()
         if not touched:
             return
@@ -297,6 +317,17 @@ class SemanticCache:
         for part, size in zip(parts, await pipe.execute(), strict=True):
             if size > self.config.max_entries:
                 await self._evict(part, size - self.config.max_entries)
+
+    def _refresh_ttls(self, pipe: Any, parts: set[str], now: float) -> None:
+        """Shared keys live as long as their newest entry; ids of expired entries leave ``:z:``."""
+        ttl = self.config.ttl_s
+        for part in parts:
+            zkey = f"{self.prefix}:z:{part}"
+            pipe.zremrangebyscore(zkey, "-inf", f"({now - ttl!r}")
+            pipe.expire(zkey, ttl)
+        if parts:
+            pipe.expire(f"{self.prefix}:parts", ttl)
+            pipe.expire(f"{self.prefix}:events", ttl)
 
     async def _evict(self, part: str, n: int) -> None:
         """Drop the ``n`` oldest entries of a partition everywhere, exact-tier twin included."""
@@ -320,6 +351,7 @@ class SemanticCache:
                 approximate=True,
             )
             self._index(part).remove(e)
+        pipe.expire(f"{self.prefix}:events", self.config.ttl_s)
         await pipe.execute()
         self.stats.evictions += len(ids)
 
