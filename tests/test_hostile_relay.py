@@ -216,3 +216,29 @@ def test_logged_webhook_urls_keep_scheme_and_host_only() -> None:
     assert redact_url("https://hooks.slack.com/services/T0/B0/XXXX") == "https://hooks.slack.com/…"
     assert redact_url("http://user:pw@127.0.0.1:8080/?token=abc") == "http://127.0.0.1:8080/…"
     assert redact_url("https://example.com") == "https://example.com"
+    assert redact_url("/services/T0/B0/XXXX") == "(relative URL)"
+
+
+@pytest.mark.stack
+def test_a_restarted_relay_remembers_how_many_of_this_minute_it_already_posted(
+    stack: Settings,
+) -> None:
+    s, _ = private_settings(stack, "flood-restart", alert_relay_max_per_minute=20, **FAST)
+    group = f"relay-{s.worker_app_id}"
+    got = Receiver(fail_first=0)
+    try:
+        publish(s, [unknown(f"model:a-{i:02d}", "firing", 0) for i in range(25)])
+        run_relay(
+            s, got.url, lambda: len(got.got) >= 21 and group_lag(s, group, s.topic_alerts) == 0
+        )
+        publish(s, [unknown(f"model:b-{i:02d}", "firing", 0) for i in range(5)])
+        st = run_relay(
+            s, got.url, lambda: len(got.got) >= 22 and group_lag(s, group, s.topic_alerts) == 0
+        )
+    finally:
+        got.close()
+    bodies = [Alert.from_json(b) for _, b in got.got]
+    assert [a.details.get("held") for a in bodies] == [None] * 20 + ["5", "5"]
+    assert bodies[-1].message.startswith("and 5 more price_unknown alerts in this minute")
+    assert "model:b-00" in bodies[-1].message
+    assert (st.delivered, st.held, st.summaries) == (0, 5, 1)

@@ -66,7 +66,7 @@ SUMMARY_SCOPES = 10
 STATE_MINUTES = 1440
 """Fan-out counters older than this (event time, behind the newest alert) are forgotten."""
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _MENTION = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _SEVERITY = {"info": 0, "warning": 1, "critical": 2}
 
@@ -111,6 +111,8 @@ def redact_url(url: str | None) -> str:
     except ValueError:
         return "(unparseable URL)"
     rest = "/…" if (u.path not in ("", "/") or u.query) else ""
+    if not u.scheme or not host:
+        return "(relative URL)" if rest else "(no URL)"
     return plain(f"{u.scheme}://{host}{port}{rest}", 200)
 
 
@@ -256,7 +258,7 @@ class HeldGroup:
         if _SEVERITY[a.severity] > _SEVERITY[self.severity]:
             self.severity = a.severity
         if len(self.scopes) < SUMMARY_SCOPES:
-            self.scopes.append(a.scope)
+            self.scopes.append(plain(a.scope, 200))
 
     def summary(self, cap: int) -> Alert:
         start = minute_dt(self.minute)
