@@ -31,7 +31,7 @@ class ScriptedReceiver:
     """Answers the n-th connection with ``script[n]`` (then 204s); records each request's key.
 
     A script step is raw bytes to send and close, ``"disconnect"`` (close without a word) or
-    ``"trickle"`` (a valid status line, one byte every 0.1 s, for 20 s)."""
+    ``"trickle"`` (a valid status line, one byte every 0.1 s, for 20 s) or ``"endless"``."""
 
     def __init__(self, script: list[bytes | str]) -> None:
         self.keys: list[str] = []
@@ -50,7 +50,11 @@ class ScriptedReceiver:
                     outer.keys.append(headers.get("idempotency-key", ""))
                     step = outer.script.pop(0) if outer.script else OK
                 try:
-                    if step == "trickle":
+                    if step == "endless":  # a 503 whose body never ends, sent fast
+                        self.wfile.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 999999999\r\n\r\n")
+                        while True:
+                            self.wfile.write(b"x" * 65536)
+                    elif step == "trickle":
                         for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 200:
                             self.wfile.write(bytes([byte]))
                             self.wfile.flush()
@@ -123,8 +127,9 @@ def test_hostile_receiver_answers_are_counted_retried_or_rejected_and_later_aler
             b"HTTX/9 two hundred\r\n\r\n",
             b"HTTP/1.1 503 Busy\r\nX-Big: " + b"a" * 102_400 + b"\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 1_048_576 + b"\r\nContent-Length: 0\r\n\r\n",
+            "endless",  # read 1 KiB of it: a 503, not a deadline
             "trickle",
-            OK,  # alert 1 delivered on its 6th attempt
+            OK,  # alert 1 delivered on its 7th attempt
             *[b"HTTP/1.1 302 Found\r\n" + redirect] * 3,  # alert 2 rejected
             *[b"HTTP/1.1 307 Temporary Redirect\r\n" + redirect] * 3,  # alert 3 rejected
         ]
@@ -138,10 +143,10 @@ def test_hostile_receiver_answers_are_counted_retried_or_rejected_and_later_aler
         took = time.monotonic() - started
     finally:
         hook.close()
-    assert hook.keys == [keys[0]] * 6 + [keys[1]] * 3 + [keys[2]] * 3 + [keys[3]]
+    assert hook.keys == [keys[0]] * 7 + [keys[1]] * 3 + [keys[2]] * 3 + [keys[3]]
     assert trap.got == []  # no redirect followed, as GET or as POST
-    assert (st.delivered, st.rejected, st.redirects, st.retries) == (2, 2, 6, 9)
-    assert (st.timeouts, st.transport_errors, st.server_errors, st.refused) == (1, 3, 1, 0)
+    assert (st.delivered, st.rejected, st.redirects, st.retries) == (2, 2, 6, 10)
+    assert (st.timeouts, st.transport_errors, st.server_errors, st.refused) == (1, 3, 2, 0)
     assert took < 30  # the trickle cost one 1-s deadline, not its 20 s
     assert group_lag(s, f"relay-{s.worker_app_id}", s.topic_alerts) == 0
 
