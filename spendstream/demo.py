@@ -363,15 +363,15 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
     log_dir = s.stack_dir / "demo" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     receiver = AlertReceiver(con)
-    kids = Children(env, log_dir)
+    # the webhook URL travels in the environment, not in argv (``ps`` shows argv)
+    kids = Children({**env, "SPENDSTREAM_ALERT_WEBHOOK_URL": receiver.url}, log_dir)
     live: LiveTable | None = None
     try:
         for i in range(plan.workers):
             kids.start(f"worker-{i}", "worker")
         kids.start("sink-postgres", "sink", "postgres", "--group", f"{PREFIX}{run_id}-sink")
         kids.start(
-            "alert-relay", "alerts", "relay", "--webhook", receiver.url,
-            "--group", f"{PREFIX}{run_id}-relay",
+            "alert-relay", "alerts", "relay", "--group", f"{PREFIX}{run_id}-relay",
         )  # fmt: skip
         con.say(
             f"started {plan.workers} stream workers, the PostgreSQL sink and the alert relay "
