@@ -152,10 +152,40 @@ def _worker(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _age_arg(text: str) -> timedelta:
+    """argparse type of an age (``90d``): a bad or absurd one is a usage error (exit 2)."""
+    from .sinks.db import parse_age
+
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _when_arg(text: str) -> datetime:
+    """argparse type of ``--since``/``--until``: an age back from now or an ISO time."""
+    from .sinks.db import parse_age
+
+    try:
+        return datetime.now(UTC) - parse_age(text)
+    except ValueError as exc:
+        if text.strip()[-1:] in ("d", "h", "m") and text.strip()[:-1].isdigit():
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        t = _start_time(text).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"want an age (24h, 7d, 30m) or an ISO time, got {text[:40]!r}"
+        ) from None
+    if not 1900 <= t.year < 3000:  # PostgreSQL and the arithmetic around it stay in range
+        raise argparse.ArgumentTypeError(f"time {text[:40]!r} is outside 1900..2999")
+    return t
+
+
 def _db(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
 
-    from .sinks.db import parse_age, prune
+    from .sinks.db import prune
     from .sinks.postgres import connect, migrate_db
 
     if args.action == "migrate":
@@ -165,7 +195,7 @@ def _db(args: argparse.Namespace, s: Settings) -> int:
     if not args.older_than:
         print("spendstream db prune: --older-than is required (e.g. 90d)", file=sys.stderr)
         return 2
-    age = parse_age(args.older_than)
+    age = args.older_than
 
     async def go() -> list[str]:
         conn = await connect(s)
@@ -182,20 +212,11 @@ def _db(args: argparse.Namespace, s: Settings) -> int:
 def _report(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
 
-    from .sinks.db import parse_age
     from .sinks.postgres import connect
     from .sinks.report import report, to_csv, to_table
 
-    def when(text: str | None, default: datetime) -> datetime:
-        if text is None:
-            return default
-        try:
-            return datetime.now(UTC) - parse_age(text)
-        except ValueError:
-            return _start_time(text)
-
-    now = datetime.now(UTC)
-    since, until = when(args.since, now), when(args.until, now)
+    since: datetime = args.since  # parsed by _when_arg: a bad one was a usage error
+    until: datetime = args.until or datetime.now(UTC)
     tags: dict[str, str] = {}
     for item in args.tag:
         k, sep, v = item.partition("=")
@@ -351,12 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="PostgreSQL schema: apply migrations, drop old partitions")
     db.add_argument("action", choices=["migrate", "prune"])
-    db.add_argument("--older-than", help="prune: drop days older than this (90d, 12h)")
+    db.add_argument(
+        "--older-than", type=_age_arg, help="prune: drop days older than this (90d, 12h)"
+    )
     db.set_defaults(func=_db)
 
     rpt = sub.add_parser("report", help="spend by endpoint, model, team, user or prompt version")
-    rpt.add_argument("--since", default="24h", help="24h, 7d, or an ISO time (default 24h)")
-    rpt.add_argument("--until", help="same forms; default now")
+    rpt.add_argument(
+        "--since", default="24h", type=_when_arg, help="24h, 7d, or an ISO time (default 24h)"
+    )
+    rpt.add_argument("--until", type=_when_arg, help="same forms; default now")
     rpt.add_argument(
         "--by",
         default="endpoint",

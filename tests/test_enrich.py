@@ -4,7 +4,9 @@ with its original bytes and a reason — nothing is lost, nothing raises."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -89,7 +91,11 @@ def test_every_line_is_enriched_or_dead_lettered_with_its_bytes(
     assert len(res.calls) == len(expected_good)
     assert [d.line for d in res.dead] == expected_bad
     for d in res.dead:
-        assert d.raw == lines[d.line or 0] and d.reason
+        line = lines[d.line or 0]
+        assert d.reason
+        if d.raw != line:  # only a line that is no JSON object, with a text key or over 1 KiB
+            assert line.startswith(d.raw) and len(d.raw) <= 1024
+            assert b'_text"' in line or len(line) > 1024
 
 
 def test_spend_spike_fires_once_and_resolves() -> None:
@@ -109,3 +115,73 @@ def test_spend_spike_fires_once_and_resolves() -> None:
     assert alerts[0].first_seen.timestamp() == 40 * 60  # the first spiking minute
     assert alerts[1].window_start.timestamp() >= 50 * 60
     assert alerts[0].alert_id == alerts[1].alert_id
+
+
+# --- admission beyond the schema, and what a dead letter keeps ---------------------------------
+
+NOW = datetime(2026, 11, 28, 14, 0, tzinfo=UTC).timestamp()
+
+
+def at(seconds_ahead: float, **extra: Any) -> bytes:
+    ts = datetime.fromtimestamp(NOW + seconds_ahead, UTC)
+    return example_event(timestamp=ts, **extra).to_json()
+
+
+def test_events_beyond_the_future_skew_are_dead_lettered_with_the_skew_in_the_reason() -> None:
+    en = Enricher(max_future_skew_s=300, now=lambda: NOW)
+    res = en.process(b"\n".join([at(-3600), at(300), at(300.5), at(86_400 * 365), at(0)]))
+    assert [c.ts - NOW for c in res.calls] == [-3600, 300, 0]
+    assert [d.line for d in res.dead] == [2, 3]
+    assert res.dead[0].reason == (
+        "timestamp 2026-11-28T14:05:00.500000+00:00 is ahead of the worker clock by 300 s "
+        "(worker clock 2026-11-28T14:00:00+00:00; max_future_skew_s=300)"
+    )
+    assert "ahead of the worker clock by 31536000 s" in res.dead[1].reason
+    assert res.aggregate.max_ts == NOW + 300  # a dead letter never moves the watermark
+    off = Enricher(max_future_skew_s=None, now=lambda: NOW)
+    assert len(off.process(at(86_400 * 365)).calls) == 1
+
+
+def with_keys(line: bytes, extra: bytes) -> bytes:
+    return line[:-1] + b"," + extra + b"}"
+
+
+def test_duplicate_keys_that_could_hide_text_are_dead_lettered_and_plain_nulls_are_not() -> None:
+    good = example_event().to_json()
+    lines = [
+        with_keys(good, b'"prompt_text":"SECRET","prompt_text":null'),
+        with_keys(good, b'"prompt_text":"SECRET","prompt\\u005ftext":null'),  # escaped key
+        with_keys(good, b'"response_text":"SECRET","response_text":null'),
+        with_keys(good, b'"prompt_text":null'),  # not a duplicate
+        good.replace(b'"u-1842"', b'"prompt_text"'),  # the key's bytes as a value
+        with_keys(good, b'"team":"a","team":"b"'),  # no text field: not looked for (last wins)
+    ]
+    res = Enricher().process(b"\n".join(lines))
+    assert [(d.line, d.reason) for d in res.dead] == [
+        (0, "duplicate key 'prompt_text': JSON readers disagree on which value counts"),
+        (1, "duplicate key 'prompt_text': JSON readers disagree on which value counts"),
+        (2, "duplicate key 'response_text': JSON readers disagree on which value counts"),
+    ]
+    assert len(res.calls) == 3
+    assert all(b"SECRET" not in c.to_json() and b"SECRET" not in d.raw
+               for c in res.calls for d in res.dead)  # fmt: skip
+
+
+def test_dead_letters_keep_text_lengths_not_text_unless_keep_text() -> None:
+    bad = with_keys(
+        example_event().to_json().replace(b'"u-1842"', b'"u\\u0000"'),
+        b'"prompt_text":"what is the secret?","response_text":"42"',
+    )
+    stripped = json.loads(Enricher().process(bad).dead[0].raw)
+    assert "prompt_text" not in stripped and "response_text" not in stripped
+    assert (stripped["prompt_text_chars"], stripped["response_text_chars"]) == (19, 2)
+    assert stripped["user_id"] == "u\x00" and stripped["service"] == "support-bot"
+    assert Enricher(keep_text=True).process(bad).dead[0].raw == bad
+
+
+def test_a_line_that_is_not_json_keeps_a_bounded_prefix_before_any_text_key() -> None:
+    truncated = b'{"service":"s","prompt_text":"SECRET and more'
+    noise = b"x" * 5000
+    res = Enricher().process(truncated + b"\n" + noise + b"\n" + b'"a JSON string"')
+    assert [d.raw for d in res.dead] == [b'{"service":"s","prompt', b"x" * 1024, b'"a JSON string"']
+    assert Enricher(keep_text=True).process(truncated).dead[0].raw == truncated

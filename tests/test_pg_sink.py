@@ -203,3 +203,121 @@ def test_rollups_rewrite_the_days_and_hours_written_from_their_own_connection(
         (h10, "b", 2, Decimal("0.500000000000")),
     ]
     assert (daily["n"], daily["usd"]) == (6, Decimal("1.800000000000"))
+
+
+def test_report_escapes_terminal_sequences_neutralises_csv_formulas_and_keeps_groups_apart(
+    stack: Settings,
+) -> None:
+    from spendstream.events import Cost, EnrichedEvent, TokenCounts, example_event
+    from spendstream.sinks.postgres import COLUMNS, PostgresSink, row_of
+    from spendstream.sinks.report import report, to_csv, to_table
+
+    s, _ = migrated_db(stack, "inject")
+    t0 = datetime(2026, 3, 5, 10, tzinfo=UTC)
+
+    def row(usd: str, **fields: str) -> tuple[Any, ...]:
+        ev = example_event(event_id=uuid.uuid4(), timestamp=t0)
+        cost = Cost(input=Decimal(usd), output=Decimal(0), total=Decimal(usd), price_source="t")
+        r = list(
+            row_of(
+                EnrichedEvent(
+                    event=ev, tokens=TokenCounts(input_tokens=1, output_tokens=1), cost=cost
+                )
+            )
+        )
+        for k, v in fields.items():  # rows an older schema let through (no control check)
+            r[COLUMNS.index(k)] = v
+        return tuple(r)  # fmt: skip
+
+    rows = [
+        row("1", service="a/v1", endpoint="/x"),
+        row("2", service="a", endpoint="/v1/x"),  # the same "a/v1/x" when concatenated
+        row("4", service="\x1b]8;;http://evil\x07click\x1b[2J", endpoint="/e", team="x"),
+        row("8", service="s", endpoint="/y", team='=HYPERLINK("http://evil","f")'),
+    ]
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        conn = await asyncpg.connect(s.postgres_dsn)
+        try:
+            await PostgresSink(conn).write(rows)
+            hour = (t0, t0 + timedelta(hours=1))
+            return await report(conn, *hour, "endpoint"), await report(conn, *hour, "team")
+        finally:
+            await conn.close()
+
+    by_endpoint, by_team = asyncio.run(go())
+    assert sorted((r.key, r.cost_usd) for r in by_endpoint if r.key == "a/v1/x") == [
+        ("a/v1/x", Decimal("1.000000000000")),
+        ("a/v1/x", Decimal("2.000000000000")),
+    ]
+    table = to_table(by_endpoint, "endpoint")
+    assert "\x1b" not in table and "\x07" not in table
+    assert "\\x1b]8;;http://evil\\x07click\\x1b[2J/e" in table
+    csv_lines = to_csv(by_team).splitlines()
+    assert csv_lines[1].startswith('"\'=HYPERLINK(""http://evil"",""f"")",8.0')
+    assert [line.split(",")[0] for line in csv_lines[2:]] == ["x", "customer-success"]
+
+
+def test_prompt_digests_are_keyed_hmac_sha256_and_absent_without_a_key() -> None:
+    import hashlib
+    import hmac
+
+    from spendstream.events import EnrichedEvent, TokenCounts, example_event
+    from spendstream.sinks.postgres import COLUMNS, row_of
+
+    ev = example_event(prompt_text="hi", response_text="yo\x00!")
+    e = EnrichedEvent(
+        event=ev, tokens=TokenCounts(input_tokens=1, output_tokens=1), price_unknown=True
+    )
+    sha = COLUMNS.index("prompt_sha256")
+    unkeyed = row_of(e, keep_text=True)
+    assert (unkeyed[sha], unkeyed[sha + 1]) == (None, None)
+    keyed = row_of(e, keep_text=True, hash_key=b"k3y")
+    assert keyed[sha] == hmac.new(b"k3y", b"hi", hashlib.sha256).hexdigest()
+    assert keyed[sha] != hashlib.sha256(b"hi").hexdigest()
+    assert keyed[sha + 1] == hmac.new(b"k3y", b"yo\x00!", hashlib.sha256).hexdigest()
+    assert keyed[COLUMNS.index("response_text")] == "yo\ufffd!"  # PostgreSQL holds no NUL
+
+
+def test_a_long_or_quoted_override_file_name_is_carried_not_a_reason_to_skip(
+    tmp_path: Path,
+) -> None:
+    from spendstream.events import EnrichedEvent, example_event
+    from spendstream.sinks.postgres import COLUMNS, row_of
+    from spendstream.stream.enrich import Enricher
+    from spendstream.stream.prices import PriceBook
+
+    name = 'negotiated "2026" \\ ' + "p" * 200 + ".toml"
+    path = tmp_path / name
+    path.write_text(
+        '[[price]]\nprovider = "openai"\nmodel = "gpt-4o-mini"\n'
+        'input_mtok = "1"\noutput_mtok = "2"\n'
+    )
+    ev = example_event(response_model=None, usage={"input_tokens": 10**6, "output_tokens": 0})
+    call = Enricher(PriceBook.from_file(path)).enrich(ev, ev.to_json())
+    e = EnrichedEvent.from_json(call.to_json())
+    assert e.cost is not None and e.cost.total == Decimal(1)
+    assert row_of(e)[COLUMNS.index("price_source")] == f"override:{name}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "--since", "999999999d"], "more than 100 years"),
+        (["report", "--until", "99999999999999999999999d"], "age must look like"),
+        (["report", "--since", "9999-12-31T23:59:59-23:59"], "or an ISO time"),
+        (["db", "prune", "--older-than", "999999999d"], "more than 100 years"),
+    ],
+)
+def test_absurd_ages_and_times_are_usage_errors_without_a_traceback(
+    argv: list[str], message: str
+) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", *argv], capture_output=True, timeout=60
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2
+    assert message in err and "Traceback" not in err

@@ -77,10 +77,18 @@ async def prune(conn: Any, older_than: timedelta, now: datetime | None = None) -
     return sorted(dropped)
 
 
+MAX_AGE = timedelta(days=36_500)
+"""Ages beyond 100 years are refused: the schema's events start in 2000, and a larger age
+(``999999999d``) overflowed ``datetime`` into a traceback."""
+
+
 def parse_age(text: str) -> timedelta:
-    """``90d``, ``12h``, ``30m`` → timedelta."""
-    m = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    """``90d``, ``12h``, ``30m`` → timedelta, at most :data:`MAX_AGE`; ValueError otherwise."""
+    m = re.fullmatch(r"(\d{1,12})([dhm])", text.strip())
     if m is None:
-        raise ValueError(f"age must look like 90d, 12h or 30m, got {text!r}")
+        raise ValueError(f"age must look like 90d, 12h or 30m, got {text[:40]!r}")
     n, unit = int(m.group(1)), m.group(2)
-    return {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
+    per = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}[unit]
+    if n > MAX_AGE // per:  # checked before multiplying: timedelta itself overflows
+        raise ValueError(f"age {text.strip()} is more than 100 years ({MAX_AGE.days}d)")
+    return n * per

@@ -1,4 +1,13 @@
-"""`spendstream report`: who spent what, from the per-call log in PostgreSQL."""
+"""`spendstream report`: who spent what, from the per-call log in PostgreSQL.
+
+Names in a report come from producers, so they are untrusted: the table escapes control and
+bidirectional-override characters (an ESC sequence in a name would drive the terminal; the
+schema refuses control characters now, older rows may hold them), and CSV cells that a
+spreadsheet would read as a formula (starting with ``= + - @``, tab or CR) get a leading ``'``
+as the OWASP CSV-injection guidance says (a lone ``-``, the report's "none", is left as is).
+Groups are the columns themselves (``service, endpoint``), never their concatenation, so
+``("a/v1", "/x")`` and ``("a", "/v1/x")`` stay two rows.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +20,33 @@ from decimal import Decimal
 from typing import Any
 
 BY = {
-    "endpoint": "service || endpoint",
+    "endpoint": "service || endpoint",  # display only: grouped by GROUP_BY's columns
     "model": "provider || '/' || request_model",
     "team": "coalesce(team, '-')",
     "user": "coalesce(user_id, '-')",
     "prompt_version": "coalesce(prompt_version, '-')",
     "service": "service",
 }
+GROUP_BY = {"endpoint": "service, endpoint", "model": "provider, request_model"}
+"""Groups by the columns when the key joins several: a join alone can collide."""
+
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    c: f"\\u{c:04x}"
+    for c in (0x061C, 0x200E, 0x200F, *range(0x2028, 0x202F), *range(0x2066, 0x206A))
+}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print to a terminal: control and bidi characters as escapes."""
+    return text.translate(_ESCAPES)
+
+
+def csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text, never runs as a formula (OWASP)."""
+    text = printable(text)
+    if text != "-" and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +75,7 @@ async def report(
                percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
                count(*) FILTER (WHERE price_unknown) AS unpriced
         FROM llm_calls WHERE ts >= $1 AND ts < $2 AND tags @> $3::jsonb
-        GROUP BY 1 ORDER BY cost DESC, key
+        GROUP BY {GROUP_BY.get(by, "1")} ORDER BY cost DESC, key
         """,
         since,
         until,
@@ -78,7 +107,7 @@ def to_csv(rows: list[ReportRow]) -> str:
     for r in rows:
         w.writerow(
             (
-                r.key,
+                csv_cell(r.key),
                 r.cost_usd,
                 r.calls,
                 r.input_tokens,
@@ -94,16 +123,17 @@ def to_csv(rows: list[ReportRow]) -> str:
 def to_table(rows: list[ReportRow], by: str) -> str:
     total = sum((r.cost_usd for r in rows), Decimal(0))
     calls = sum(r.calls for r in rows)
-    width = max([len(by), 5, *(len(r.key) for r in rows)])
+    keys = [printable(r.key) for r in rows]
+    width = max([len(by), 5, *(len(k) for k in keys)])
     lines = [
         f"{by:<{width}} {'cost USD':>14} {'calls':>9} {'in tokens':>12} {'out tokens':>11} "
         f"{'p95 ms':>8} {'share':>7}"
     ]
-    for r in rows:
+    for key, r in zip(keys, rows, strict=True):
         p95 = "-" if r.p95_latency_ms is None else f"{r.p95_latency_ms:.0f}"
         unpriced = f"  ({r.unpriced_calls} unpriced)" if r.unpriced_calls else ""
         lines.append(
-            f"{r.key:<{width}} {r.cost_usd:>14.6f} {r.calls:>9,} {r.input_tokens:>12,} "
+            f"{key:<{width}} {r.cost_usd:>14.6f} {r.calls:>9,} {r.input_tokens:>12,} "
             f"{r.output_tokens:>11,} {p95:>8} {r.share:>7.1%}{unpriced}"
         )
     lines.append(f"{'total':<{width}} {total:>14.6f} {calls:>9,}")
