@@ -3,6 +3,7 @@ security passthrough."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from spendstream.stack.services import Kafka, Prometheus, Redis
 
 @pytest.fixture(autouse=True)
 def own_stack_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A stack dir of the test's own: the checkout's .stack has generated passwords."""
-    for var in ("POSTGRES_PASSWORD", "POSTGRES_DSN", "REDIS_PASSWORD", "REDIS_URL"):
-        monkeypatch.delenv(f"SPENDSTREAM_{var}", raising=False)
+    """A stack dir of the test's own (the checkout's .stack has generated passwords), and no
+    SPENDSTREAM_* setting from the caller's environment (ports of a private stack)."""
+    for var in [v for v in os.environ if v.startswith("SPENDSTREAM_")]:
+        monkeypatch.delenv(var)
     monkeypatch.setenv("SPENDSTREAM_STACK_DIR", str(tmp_path / "stack"))
     return tmp_path / "stack"
 
