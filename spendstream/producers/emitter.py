@@ -197,8 +197,13 @@ class Emitter:
         self._backlog_events = 0
         self._backlog_bytes = 0
         """Encoded bytes waiting for librdkafka (changed by the background thread only)."""
+        self._in_flight_bytes = 0
+        """Encoded bytes librdkafka holds until the broker acknowledges (under the lock)."""
         self._busy = False
         """True while the thread holds events taken from the buffer but not yet in the backlog."""
+        self._busy_bytes = 0
+        """The charge of those events (counted before they leave the buffer: never nowhere)."""
+        self._busy_events = 0
         self._in_flight = 0
         self._delivered = 0
         self._dropped: Counter[str] = Counter()
@@ -261,12 +266,15 @@ class Emitter:
 
     def _has_room(self, text: int) -> bool:
         n = len(self._q)
-        used = n * EVENT_BYTES + self._q_text + self._backlog_bytes
+        held = self._busy_bytes + self._backlog_bytes + self._in_flight_bytes
+        used = n * EVENT_BYTES + self._q_text + held
         return n < self._max_buffer and used + EVENT_BYTES + text <= self._max_buffer_bytes
 
     def buffered_bytes(self) -> int:
-        """Estimated bytes held before librdkafka's queue (what producer_buffer_bytes bounds)."""
-        return len(self._q) * EVENT_BYTES + self._q_text + self._backlog_bytes
+        """Estimated bytes held for undelivered events: buffer, encoded backlog and librdkafka's
+        queue (what producer_buffer_bytes bounds)."""
+        held = self._busy_bytes + self._backlog_bytes + self._in_flight_bytes
+        return len(self._q) * EVENT_BYTES + self._q_text + held
 
     def put(self, event: LLMCallEvent, timeout: float | None = None) -> bool:
         """Like :meth:`emit`, but waits for buffer room (for replay and load tools, not hosts)."""
@@ -299,6 +307,8 @@ class Emitter:
     def _drop(self, reason: DropReason, n: int = 1) -> None:
         with self._lock:
             self._dropped[reason.value] += n
+        if reason.value not in self._drop_logged_at:
+            self._wake.set()  # a reason's first drop is logged now, not at the next linger
 
     def note_repairs(self, repairs: Repairs) -> None:
         """Count the repairs made to one event and log them (once per reason per interval),
@@ -341,19 +351,21 @@ class Emitter:
         return await asyncio.to_thread(self.flush, timeout)
 
     def pending(self) -> int:
-        """Accepted events not yet acknowledged (a batch being encoded is not counted)."""
-        return len(self._q) + self._backlog_events + self._in_flight
+        """Accepted events not yet acknowledged (a batch being encoded may count twice for a
+        moment, never zero times)."""
+        return len(self._q) + self._busy_events + self._backlog_events + self._in_flight
 
     def close(self, timeout: float = 10.0) -> int:
         """Flush, then stop; events still pending are counted as dropped (``closed``)."""
         if self._closed:
             return 0
-        left = self.flush(timeout)
+        self.flush(timeout)
         self._closed = True
         self._stop = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+        left = self.pending()  # after the thread stopped: a batch it was encoding is counted
         if left:
             self._drop(DropReason.CLOSED, left)
         self._log_summary()
@@ -415,18 +427,11 @@ class Emitter:
                 return False
             self._busy = True  # before the first pop, so flush() never sees the events nowhere
             try:
-                text = 0
-                while q and len(batch) < _DRAIN_MAX:
-                    ev = q.popleft()
-                    batch.append(ev)
-                    if ev.prompt_text is not None or ev.response_text is not None:
-                        text += text_bytes(ev)
-                if text:
-                    with self._lock:
-                        self._q_text -= text
+                self._take(batch)
                 self._encode(batch)
             finally:
                 self._busy = False
+                self._busy_bytes = self._busy_events = 0
         produce = self._producer.produce
         while self._backlog:
             key, value, n = self._backlog[0]
@@ -435,22 +440,25 @@ class Emitter:
             # events neither in the backlog nor in flight.
             with self._lock:
                 self._in_flight += n
+                self._in_flight_bytes += len(value)
             try:
                 produce(
                     self.topic,
                     value,
                     key,
                     headers=HEADERS,
-                    on_delivery=functools.partial(self._on_delivery, n),
+                    on_delivery=functools.partial(self._on_delivery, n, len(value)),
                 )
             except BufferError:
                 with self._lock:
                     self._in_flight -= n
+                    self._in_flight_bytes -= len(value)
                 self._producer.poll(0.05)  # librdkafka's queue is full: wait for the broker
                 return False
             except Exception as exc:  # e.g. MSG_SIZE_TOO_LARGE
                 with self._lock:
                     self._in_flight -= n
+                    self._in_flight_bytes -= len(value)
                     self._backlog_events -= n
                 self._backlog.popleft()
                 self._backlog_bytes -= len(value)
@@ -464,6 +472,23 @@ class Emitter:
             self._backlog_bytes -= len(value)
         self._producer.poll(0)
         return bool(self._q)
+
+    def _take(self, batch: list[LLMCallEvent]) -> None:
+        """Move up to _DRAIN_MAX events from the buffer to ``batch``, moving their charge to
+        ``_busy_bytes`` first (so emit() never sees room that is still used)."""
+        q = self._q
+        while q and len(batch) < _DRAIN_MAX:
+            ev = q[0]  # only this thread pops: q[0] is what popleft() returns
+            text = 0
+            if ev.prompt_text is not None or ev.response_text is not None:
+                text = text_bytes(ev)
+            self._busy_bytes += EVENT_BYTES + text
+            self._busy_events += 1
+            q.popleft()
+            if text:
+                with self._lock:
+                    self._q_text -= text
+            batch.append(ev)
 
     def _encode(self, batch: list[LLMCallEvent]) -> None:
         """Cut the batch into records (:func:`spendstream.wire.pack`) and queue them."""
@@ -483,9 +508,10 @@ class Emitter:
         with self._lock:
             self._backlog_events += len(lines)
 
-    def _on_delivery(self, n: int, err: Any, _msg: Any) -> None:
+    def _on_delivery(self, n: int, size: int, err: Any, _msg: Any) -> None:
         with self._lock:
             self._in_flight -= n
+            self._in_flight_bytes -= size
             if err is None:
                 self._delivered += n
             else:
