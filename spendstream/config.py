@@ -166,6 +166,8 @@ class Settings(BaseSettings):
     prometheus_port: int = Field(19090, ge=1, le=65535)
     metrics_targets: int = Field(4, ge=1, le=64)
     """How many worker metrics ports (from metrics_port) the local Prometheus scrapes."""
+    metrics_max_label_sets: int = Field(2000, ge=1)
+    """Distinct label sets per worker metric family; beyond, new ones fold into ``other``."""
     stack_timeout_s: float = Field(120.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

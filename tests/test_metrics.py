@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.stack]
 
 BOUNDED = {"service", "endpoint", "provider", "model", "team", "status", "type", "partition",
            "gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
-           "gen_ai_token_type", "le"}  # fmt: skip
+           "gen_ai_token_type", "le", "family"}  # fmt: skip
 
 
 def test_worker_metrics_match_the_enriched_events(stack: Settings, tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ from .windows import RecordAggregate
 
 log = logging.getLogger("spendstream.worker")
 
+SKEW_REASON = "ahead of the worker clock"
+"""In the dead-letter reason of an event dated beyond ``max_future_skew_s`` (enrich.py)."""
 ENRICHED_HEADERS = {"spendstream-wire": b"jsonl/1", "content-type": b"application/x-enriched"}
 
 
@@ -50,6 +52,7 @@ class WorkerStats:
         self.dead = 0
         self.price_unknown = 0
         self.late_dropped = 0
+        self.future_skewed = 0
         self.windows_closed = 0
         self.alerts = 0
         self.batches = 0
@@ -130,7 +133,10 @@ def build_app(s: Settings) -> Any:
         keep_text=s.keep_text,
         max_future_skew_s=s.max_future_skew_s,
     )
-    stage1 = Stage1(TableState(t1), s.window_retention_minutes)
+    # events further ahead of this worker's clock than the admission check allows (300 s when
+    # the check is off) do not move the watermark: one wrong clock cannot blind the windows
+    skew = 300.0 if s.max_future_skew_s is None else s.max_future_skew_s
+    stage1 = Stage1(TableState(t1), s.window_retention_minutes, max_skew_s=skew)
     t2_writes = WriteBuffer(t2)
     live = LiveSpendWriter(s.redis_url)
     stage2 = Stage2(
@@ -139,6 +145,7 @@ def build_app(s: Settings) -> Any:
         s.raw_partitions,
         s.allowed_lateness_s,
         s.window_retention_minutes,
+        max_skew_s=skew,
     )
     stats = WorkerStats()
     end_seen: dict[int, tuple[int, float]] = {}
@@ -177,7 +184,7 @@ def build_app(s: Settings) -> Any:
 
     guard = OffsetGuard(seek, probe)
     lag: dict[int, int] = {}
-    metrics = PipelineMetrics(lambda: dict(lag))
+    metrics = PipelineMetrics(lambda: dict(lag), max_label_sets=s.metrics_max_label_sets)
     app.spendstream_metrics = metrics  # type: ignore[attr-defined]
 
     @app.agent(raw, name="stage1")
@@ -221,6 +228,7 @@ def build_app(s: Settings) -> Any:
                     )
                 if fresh:
                     stats.dead += len(res.dead)
+                    stats.future_skewed += sum(1 for d in res.dead if SKEW_REASON in d.reason)
                     batch_calls.extend(res.calls)
                     stats.events += len(res.calls)
                     stats.price_unknown += sum(1 for c in res.calls if c.parts_pico is None)
@@ -236,6 +244,7 @@ def build_app(s: Settings) -> Any:
             metrics.add_calls(batch_calls)  # metrics per batch, never per event
             metrics.dead_letters = stats.dead
             metrics.late_dropped = stats.late_dropped
+            metrics.future_skewed = stats.future_skewed
             stats.batches += 1
             if stats.batches % 200 == 0:
                 for p in {p for p, _, _ in applied}:

@@ -7,8 +7,9 @@ real broker shows that distribution, batching and restarts change nothing.
 
 from __future__ import annotations
 
+import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,15 +50,17 @@ def run(
     tick_every: int = 20,
     allowed_lateness_s: int = 120,
     enricher: Enricher | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> OfflineResult:
     """Process ``records`` in order; every ``tick_every`` records stage 1 publishes.
-    ``enricher`` is the worker's (a default one when not given; tests inject its clock)."""
+    ``enricher`` is the worker's (a default one when not given; tests inject its clock);
+    ``clock`` is the one the watermarks are capped by (events far ahead of it wait)."""
     res = OfflineResult()
     enricher = enricher or Enricher()
     t1 = DictState()
     t2: dict[str, Any] = {}
-    s1 = Stage1(t1)
-    s2 = Stage2(t2, rules or RuleConfig(), raw_partitions, allowed_lateness_s)
+    s1 = Stage1(t1, clock=clock)
+    s2 = Stage2(t2, rules or RuleConfig(), raw_partitions, allowed_lateness_s, clock=clock)
     offsets = [0] * raw_partitions
 
     records = list(records)

@@ -21,15 +21,17 @@ still enriched and priced).
 from __future__ import annotations
 
 import json
+import time
 import zlib
-from collections.abc import Iterable, Iterator, MutableMapping
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..alerts import Alert, minute_dt
 from .prices import pico_to_usd
 from .rules import RuleConfig, ScopeRules
-from .windows import MINUTE, Agg, RecordAggregate, total
+from .windows import MINUTE, Agg, RecordAggregate
 
 State = MutableMapping[str, Any]
 
@@ -80,6 +82,7 @@ class WindowTotal:
 
     def to_dict(self) -> dict[str, Any]:
         a = self.agg
+        a.trim()
         return {
             "scope": self.scope,
             "window_start": minute_dt(self.minute).isoformat(),
@@ -122,17 +125,60 @@ class DictState(dict[str, Any]):
 
 
 class Stage1:
-    """Per-raw-partition window state."""
+    """Per-raw-partition window state: one key per (raw partition, minute, scope).
 
-    def __init__(self, state: PartitionedState, retention_minutes: int = 15) -> None:
+    Keys are ``P|minute|scope`` (each ``{"thru": offset, "agg": …}``) plus ``P|wm``. One
+    key per scope bounds every changelog record by the size of one scope's window (top-K maps,
+    see :mod:`.windows`): the former one-key-per-minute layout grew with the number of scopes
+    and ~5,000 raw endpoint paths in a partition-minute exceeded the broker's 1 MiB limit. A
+    batch now writes one changelog record per (scope, minute) it touched instead of one per
+    minute (tens per batch in ordinary traffic, against thousands of events), and it no longer
+    re-serialises the scopes it did not touch.
+
+    Watermark: the largest event time applied *among events not beyond* ``clock() +
+    max_skew_s``; an event further ahead does not move it at all. One event dated 2099 (a host
+    with a wrong clock) used to set the watermark to 2099, after which every later real event
+    of the partition was "late" forever — persisted in the changelog. Capping the watermark at
+    the clock would not do either: a worker catching up on a backlog older than the retention
+    would drop it as late. Events beyond the skew are still aggregated into their own (future)
+    minute, which closes when its time comes; the enricher's admission check dead-letters them
+    before they get here. In the rare record holding such an event, the rest's maximum is taken
+    at minute precision (the watermark may lead by < 60 s). A stored watermark beyond the cap
+    (written by an older worker) is discarded and rebuilt from the next record.
+    """
+
+    def __init__(
+        self,
+        state: PartitionedState,
+        retention_minutes: int = 15,
+        *,
+        max_skew_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.t = state
         self.retention = retention_minutes
+        self.max_skew_s = max_skew_s
+        self.clock = clock
         self.dirty: dict[int, set[str]] = {}
         self.late_dropped = 0
 
+    def _cap(self) -> float:
+        return self.clock() + self.max_skew_s
+
     def watermark(self, p: int) -> float | None:
         wm = self.t.get(f"{p}|wm")
-        return None if wm is None else float(wm["ts"])
+        if wm is None:
+            return None
+        ts = float(wm["ts"])
+        return None if ts > self._cap() else ts
+
+    @staticmethod
+    def _candidate(rec: RecordAggregate, cap: float) -> float:
+        """The record's watermark candidate: its largest event time not beyond ``cap``."""
+        if rec.max_ts <= cap:
+            return rec.max_ts
+        ok = [m for _, m in rec.by_key if m * MINUTE <= cap]
+        return min((max(ok) + 1) * MINUTE - 0.001, cap) if ok else 0.0
 
     def next_offset(self, p: int) -> int | None:
         """The raw offset to process next in partition ``p`` (None: no state yet)."""
@@ -145,52 +191,46 @@ class Stage1:
     def apply_batch(self, records: Iterable[tuple[int, int, RecordAggregate]]) -> None:
         """Add records (in offset order per partition) and write each touched key once.
 
-        State is one key per (raw partition, minute) holding every scope's totals, so a batch
-        writes as many changelog records as minutes it spans. A record's contribution to a
-        key is skipped when the key already covers its offset (``thru``): after a crash,
-        records are re-read from the last committed offset and some of their effects may
-        already be in the changelog.
+        A record's contribution to a key is skipped when the key already covers its offset
+        (``thru``): after a crash, records are re-read from the last committed offset and some
+        of their effects may already be in the changelog.
         """
-        pending: dict[str, tuple[int, int, dict[str, Agg]]] = {}
+        pending: dict[str, tuple[int, int, Agg]] = {}
         marks: dict[int, tuple[float, int]] = {}
+        cap = self._cap()
         for p, offset, rec in records:
             wm = marks.get(p)
             if wm is None:
                 stored = self.t.get(f"{p}|wm")
-                wm = (stored["ts"], stored["thru"]) if stored else (0.0, -1)
+                wm = (float(stored["ts"]), stored["thru"]) if stored else (0.0, -1)
+                if wm[0] > cap:  # written before the cap existed: unknown, rebuilt from here
+                    wm = (0.0, wm[1])
             if offset <= wm[1]:
                 continue  # the whole record was applied before a restart
             # late = older than the retention behind the partition's watermark *before* this
             # record (a record's events are never late relative to each other)
             oldest = int(wm[0] // MINUTE) - self.retention
-            marks[p] = (max(rec.max_ts, wm[0]), offset)
+            marks[p] = (max(self._candidate(rec, cap), wm[0]), offset)
             for (scope, minute), agg in rec.items():
                 if minute < oldest:
-                    self.late_dropped += agg.calls
+                    if scope == "global:all":  # every event is in one global key: count once
+                        self.late_dropped += agg.calls
                     continue
-                key = f"{p}|{minute}"
+                key = f"{p}|{minute}|{scope}"
                 cur = pending.get(key)
                 if cur is None:
                     stored = self.t.get(key)
                     if stored is not None and stored["thru"] >= offset:
                         continue
-                    scopes = (
-                        {sc: Agg.from_dict(d) for sc, d in stored["scopes"].items()}
-                        if stored
-                        else {}
-                    )
-                    cur = (p, offset, scopes)
-                cur_scopes = cur[2]
-                have = cur_scopes.get(scope)
-                if have is None:
-                    cur_scopes[scope] = agg.copy()
+                    have = Agg.from_dict(stored["agg"]) if stored else agg.copy()
+                    if stored:
+                        have.merge(agg)
                 else:
+                    have = cur[2]
                     have.merge(agg)
-                pending[key] = (p, offset, cur_scopes)
-        for key, (p, offset, scopes) in pending.items():
-            self.t.put(
-                p, key, {"thru": offset, "scopes": {sc: a.to_dict() for sc, a in scopes.items()}}
-            )
+                pending[key] = (p, offset, have)
+        for key, (p, offset, agg) in pending.items():
+            self.t.put(p, key, {"thru": offset, "agg": agg.to_dict()})
             self.dirty.setdefault(p, set()).add(key)
         for p, (high, offset) in marks.items():
             self.t.put(p, f"{p}|wm", {"ts": high, "thru": offset})
@@ -204,14 +244,13 @@ class Stage1:
             v = self.t.get(key)
             if v is None:
                 continue
-            minute = int(key.split("|", 1)[1])
-            for scope, agg in v["scopes"].items():
-                out.append(Snapshot(p, scope, minute, int(v["thru"]), agg))
+            _, minute, scope = key.split("|", 2)
+            out.append(Snapshot(p, scope, int(minute), int(v["thru"]), v["agg"]))
         return out
 
     def keys_of(self, p: int) -> list[str]:
-        prefix = f"{p}|"
-        return [k for k in list(self.t.keys()) if k.startswith(prefix) and not k.endswith("|wm")]
+        prefix, wm = f"{p}|", f"{p}|wm"
+        return [k for k in list(self.t.keys()) if k.startswith(prefix) and k != wm]
 
     def prune(self, p: int) -> int:
         """Drop minutes older than the retention behind the partition's watermark."""
@@ -223,7 +262,7 @@ class Stage1:
         gone = 0
         for key in self.keys_of(p):
             # a dirty key has not been published yet: stage 2 still needs it
-            if key not in dirty and int(key.rsplit("|", 1)[1]) < oldest:
+            if key not in dirty and int(key.split("|", 2)[1]) < oldest:
                 self.t.delete(p, key)
                 gone += 1
         return gone
@@ -291,8 +330,82 @@ class CloseResult:
     alerts: list[Alert] = field(default_factory=list)
 
 
+class Names:
+    """A persisted list of names in chunks of at most :data:`NAMES_PER_KEY` (``prefix|0``,
+    ``prefix|1``, … and the count in ``prefix|n``), so that no state record grows with the
+    number of scopes: 50 scope names of ≤ ~400 characters stay under 256 KiB as JSON even when
+    every character needs a 12-byte escape."""
+
+    def __init__(self, t: State, prefix: str) -> None:
+        self.t = t
+        self.prefix = prefix
+
+    def count(self) -> int:
+        return int(self.t.get(f"{self.prefix}|n") or 0)
+
+    def load(self) -> list[str]:
+        n = self.count()
+        out: list[str] = []
+        for j in range((n + NAMES_PER_KEY - 1) // NAMES_PER_KEY):
+            out += self.t.get(f"{self.prefix}|{j}") or []
+        return out
+
+    def add(self, names: Iterable[str]) -> None:
+        n = start = self.count()
+        j = n // NAMES_PER_KEY
+        chunk = list(self.t.get(f"{self.prefix}|{j}") or []) if n % NAMES_PER_KEY else []
+        for name in names:
+            chunk.append(name)
+            n += 1
+            if len(chunk) == NAMES_PER_KEY:
+                self.t[f"{self.prefix}|{j}"] = chunk
+                j, chunk = j + 1, []
+        if chunk:
+            self.t[f"{self.prefix}|{j}"] = chunk
+        if n != start:
+            self.t[f"{self.prefix}|n"] = n
+
+    def drop(self) -> None:
+        n = self.count()
+        for j in range((n + NAMES_PER_KEY - 1) // NAMES_PER_KEY):
+            self.t.pop(f"{self.prefix}|{j}", None)
+        self.t.pop(f"{self.prefix}|n", None)
+
+    def replace(self, names: Iterable[str]) -> None:
+        self.drop()
+        self.add(names)
+
+
+NAMES_PER_KEY = 50
+
+
 class Stage2:
-    """Per-scope totals, event-time watermark and rules; ``table`` is a Faust table or dict."""
+    """Per-scope totals, event-time watermark and rules; ``table`` is a Faust table or dict.
+
+    State of stage-2 partition ``q`` (every record bounded, whatever the number of scopes):
+
+    - ``w|q|minute|P|scope``: the newest snapshot of (scope, minute) from raw partition P;
+    - ``wi|q|minute``: names of the scopes with data in the minute (:class:`Names`), and
+      ``mins|q`` the sorted minutes that have one; ``c|q`` the minute closed through;
+    - ``s|scope``: the scope's rules state, with ``last`` (last minute its rules saw) and
+      ``data`` (last minute with calls);
+    - ``act|q``: scopes whose rules must see every minute, data or not (an open alert or
+      streak, a budget projection still moving: :meth:`ScopeRules.needs_every_minute`);
+    - ``pr|q|minute`` / ``prm|q``: scopes to check for pruning at that minute.
+
+    Closing costs O(scopes with data + active scopes) per minute, and minutes with neither are
+    jumped over: before this, every scope ever seen was visited every minute (20,000 endpoints:
+    0.6–1.2 s per minute) and an event 6 days ahead cost ~11 s of closing empty minutes. An idle
+    scope's empty minutes are caught up when it next has data, by
+    :meth:`ScopeRules.close_empty` (O(baseline), same state as closing each minute).
+
+    Pruning: a scope's state is deleted once it has had no calls for more than
+    ``max(baseline_minutes, retention_minutes)`` minutes (all its rules look back at) *and*
+    the UTC day of its last calls has ended (so hour/day totals stay exact), unless it is
+    active or has a configured budget. Its next calls start a fresh baseline.
+
+    Watermark reports beyond ``clock() + max_skew_s`` are ignored (see :class:`Stage1`).
+    """
 
     def __init__(
         self,
@@ -301,82 +414,95 @@ class Stage2:
         raw_partitions: int,
         allowed_lateness_s: int = 120,
         retention_minutes: int = 15,
+        *,
+        max_skew_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.t = table
         self.rules = ScopeRules(rules)
         self.raw_partitions = raw_partitions
         self.lateness = allowed_lateness_s
         self.retention = retention_minutes
+        self.max_skew_s = max_skew_s
+        self.clock = clock
+        self.horizon = max(rules.baseline_minutes, retention_minutes)
+        self.visited = 0
+        """Scope-minutes closed so far (the work closing did; the tests read it)."""
+        self.pruned = 0
 
     # --- input ---------------------------------------------------------------------------
     def apply_snapshots(self, q: int, snaps: Iterable[Snapshot]) -> list[WindowTotal]:
-        """Keep the newest snapshot per (scope, minute, raw partition); one write per minute
-        touched. Returns corrected totals for minutes that had already closed."""
+        """Keep the newest snapshot per (scope, minute, raw partition); returns corrected
+        totals for minutes that had already closed."""
         by_minute: dict[int, list[Snapshot]] = {}
         for sn in snaps:
             by_minute.setdefault(sn.minute, []).append(sn)
         fixes: list[WindowTotal] = []
-        scopes_key = f"scopes|{q}"
-        known = dict(self.t.get(scopes_key) or {})
-        new_scopes = False
+        closed = self.t.get(f"c|{q}")
+        mins = list(self.t.get(f"mins|{q}") or [])
         for minute, group in sorted(by_minute.items()):
-            wkey = f"w|{q}|{minute}"
-            cur = dict(self.t.get(wkey) or {})
+            if closed is not None and minute <= closed - self.retention:
+                continue  # too late (or a resync repeat): the minute is no longer kept
             changed: set[str] = set()
+            new: list[str] = []
             for sn in group:
-                closed = known.get(sn.scope)
-                if closed is None:
-                    known[sn.scope] = closed = sn.minute - 1
-                    new_scopes = True
-                if sn.minute <= closed - self.retention:
-                    continue  # too late (or a resync repeat): the minute is no longer kept
-                parts = dict(cur.get(sn.scope) or {})
-                old = parts.get(str(sn.partition))
+                key = f"w|{q}|{minute}|{sn.partition}|{sn.scope}"
+                old = self.t.get(key)
                 if old is not None and old["thru"] >= sn.thru:
                     continue
-                parts[str(sn.partition)] = {"thru": sn.thru, "agg": sn.agg}
-                cur[sn.scope] = parts
+                if old is None and sn.scope not in changed and not self._has(q, minute, sn.scope):
+                    new.append(sn.scope)
+                self.t[key] = {"thru": sn.thru, "agg": sn.agg}
                 changed.add(sn.scope)
-            if not changed:
+            if new:
+                Names(self.t, f"wi|{q}|{minute}").add(new)
+                if minute not in mins:
+                    insort(mins, minute)
+                    self.t[f"mins|{q}"] = mins
+            if closed is None or minute > closed:
                 continue
-            self.t[wkey] = cur
             for scope in sorted(changed):
-                if minute <= known[scope]:
-                    st = self.t.get(f"s|{scope}") or {}
-                    rev = dict(st.get("rev", {}))
-                    rev[str(minute)] = rev.get(str(minute), 0) + 1
-                    self.t[f"s|{scope}"] = {**st, "rev": rev}
-                    fixes.append(
-                        WindowTotal(scope, minute, self._total(cur[scope]), rev[str(minute)], 0, 0)
-                    )
-        if new_scopes:
-            self.t[scopes_key] = known
+                st = self.t.get(f"s|{scope}") or {}
+                rev = dict(st.get("rev", {}))
+                rev[str(minute)] = rev.get(str(minute), 0) + 1
+                self.t[f"s|{scope}"] = {**st, "rev": rev}
+                agg = self._total(q, minute, scope)
+                fixes.append(WindowTotal(scope, minute, agg, rev[str(minute)], 0, 0))
         return fixes
+
+    def _has(self, q: int, minute: int, scope: str) -> bool:
+        return any(f"w|{q}|{minute}|{p}|{scope}" in self.t for p in range(self.raw_partitions))
+
+    def _cap(self) -> float:
+        return self.clock() + self.max_skew_s
 
     def set_watermarks(self, q: int, reports: dict[int, tuple[float | None, bool]]) -> None:
         key = f"wm|{q}"
         cur = dict(self.t.get(key) or {})
+        cap = self._cap()
         for p, (ts, idle) in reports.items():
             old = cur.get(str(p))
-            best = ts
-            if old is not None and old[0] is not None and (ts is None or old[0] > ts):
-                best = old[0]  # watermarks never go back
-            cur[str(p)] = [best, bool(idle)]
+            # watermarks never go back; one stored beyond the cap is bogus (an older worker's)
+            kept = [t for t in (ts, old[0] if old else None) if t is not None and t <= cap]
+            cur[str(p)] = [max(kept) if kept else None, bool(idle)]
         self.t[key] = cur
 
     def watermark(self, q: int) -> tuple[float, bool] | None:
         """(event time, all idle): the minimum over busy partitions, or the maximum over all
-        when every partition is idle; None until every raw partition has reported."""
+        when every partition is idle; None until every raw partition has reported. A report
+        beyond the clock + skew counts as no report (see :class:`Stage1`)."""
         reps = self.t.get(f"wm|{q}") or {}
         if len(reps) < self.raw_partitions:
             return None
-        busy = [v for v in reps.values() if not v[1]]
-        if any(v[0] is None for v in busy):
+        cap = self._cap()
+        marks = [(None if v[0] is None or v[0] > cap else float(v[0]), v[1]) for v in reps.values()]
+        busy = [ts for ts, idle in marks if not idle]
+        if any(ts is None for ts in busy):
             return None
         if busy:
-            return float(min(v[0] for v in busy)), False
-        seen = [v[0] for v in reps.values() if v[0] is not None]
-        return (float(max(seen)), True) if seen else None
+            return min(ts for ts in busy if ts is not None), False
+        seen = [ts for ts, _ in marks if ts is not None]
+        return (max(seen), True) if seen else None
 
     # --- closing ---------------------------------------------------------------------------
     def close(self, q: int) -> CloseResult:
@@ -388,36 +514,126 @@ class Stage2:
         # Busy: a minute closes once the watermark is ``lateness`` past its end. All idle:
         # nothing is in flight, so every minute that has ended in event time closes now.
         close_to = int((wm - (0 if all_idle else self.lateness)) // MINUTE) - 1
-        scopes_key = f"scopes|{q}"
-        known = dict(self.t.get(scopes_key) or {})
-        todo = {sc: c for sc, c in known.items() if c < close_to}
-        if not todo:
+        closed = self.t.get(f"c|{q}")
+        mins: list[int] = list(self.t.get(f"mins|{q}") or [])
+        if closed is None:
+            if not mins:
+                return res
+            closed = mins[0] - 1
+        if close_to <= closed:
             return res
-        first = min(todo.values()) + 1
-        states = {sc: dict(self.t.get(f"s|{sc}") or {}) for sc in todo}
-        for minute in range(first, close_to + 1):
-            window = self.t.get(f"w|{q}|{minute}") or {}
-            for scope in sorted(todo):
-                if todo[scope] >= minute:
-                    continue
-                st = states[scope]
-                parts = window.get(scope)
-                agg = self._total(parts) if parts else Agg()
-                res.alerts += self.rules.close_minute(scope, st, minute, agg)
-                if agg.calls:
-                    res.windows.append(
-                        WindowTotal(scope, minute, agg, 0, st["hour"][1], st["day"][1])
-                    )
+        acts = Names(self.t, f"act|{q}")
+        active = set(acts.load())
+        states: dict[str, dict[str, Any]] = {}
+        minute = closed + 1
+        while minute <= close_to:
+            scopes = set(active)
+            i = bisect_left(mins, minute)
+            if i < len(mins) and mins[i] == minute:
+                scopes.update(Names(self.t, f"wi|{q}|{minute}").load())
+            for scope in sorted(scopes):
+                if self._close_scope(q, scope, minute, states, res):
+                    active.add(scope)
+                else:
+                    active.discard(scope)
+            if active:
+                minute += 1
+            else:  # nothing to do until the next minute with data
+                j = bisect_right(mins, minute)
+                minute = mins[j] if j < len(mins) else close_to + 1
         for scope, st in states.items():
-            for m in [m for m in st.get("rev", {}) if int(m) < close_to - self.retention]:
-                del st["rev"][m]
+            rev = st.get("rev")
+            if rev:
+                st["rev"] = {m: n for m, n in rev.items() if int(m) >= close_to - self.retention}
             self.t[f"s|{scope}"] = st
-            known[scope] = close_to
-        self.t[scopes_key] = known
-        for minute in range(first - self.retention - 1, close_to - self.retention):
-            self.t.pop(f"w|{q}|{minute}", None)
+        if set(acts.load()) != active:
+            acts.replace(sorted(active))
+        self.t[f"c|{q}"] = close_to
+        self._expire(q, mins, close_to, states)
         return res
 
-    @staticmethod
-    def _total(parts: dict[str, Any]) -> Agg:
-        return total(Agg.from_dict(v["agg"]) for v in parts.values())
+    def _close_scope(
+        self, q: int, scope: str, minute: int, states: dict[str, dict[str, Any]], res: CloseResult
+    ) -> bool:
+        """Run the scope's rules for ``minute`` (catching up its empty minutes first);
+        returns whether its rules must see the next minute too."""
+        st = states.get(scope)
+        if st is None:
+            st = states[scope] = dict(self.t.get(f"s|{scope}") or {})
+        last = st.get("last")
+        if last is not None and last < minute - 1:
+            res.alerts += self.rules.close_empty(scope, st, last + 1, minute - 1)
+        agg = self._total(q, minute, scope)
+        res.alerts += self.rules.close_minute(scope, st, minute, agg)
+        st["last"] = minute
+        self.visited += 1
+        if agg.calls:
+            st["data"] = minute
+            res.windows.append(WindowTotal(scope, minute, agg, 0, st["hour"][1], st["day"][1]))
+        return self.rules.needs_every_minute(scope, st)
+
+    def _expire(
+        self, q: int, mins: list[int], close_to: int, states: dict[str, dict[str, Any]]
+    ) -> None:
+        """Drop minutes past the retention (scheduling their scopes' pruning), then prune
+        the scopes whose check is due."""
+        keep_from = close_to - self.retention
+        gone = [m for m in mins if m < keep_from]
+        if gone:
+            schedule: dict[int, list[str]] = {}
+            for m in gone:
+                names = Names(self.t, f"wi|{q}|{m}")
+                for scope in names.load():
+                    for p in range(self.raw_partitions):
+                        self.t.pop(f"w|{q}|{m}|{p}|{scope}", None)
+                    st = states.get(scope) or self.t.get(f"s|{scope}") or {}
+                    if st.get("data", m) <= m:  # no calls since: check it for pruning
+                        schedule.setdefault(self._prune_due(m), []).append(scope)
+                names.drop()
+            self.t[f"mins|{q}"] = [m for m in mins if m >= keep_from]
+            self._schedule(q, schedule)
+        due_at: list[int] = list(self.t.get(f"prm|{q}") or [])
+        if not due_at or due_at[0] > close_to:
+            return
+        again: dict[int, list[str]] = {}
+        for d in [d for d in due_at if d <= close_to]:
+            names = Names(self.t, f"pr|{q}|{d}")
+            for scope in names.load():
+                self._prune(scope, close_to, again)
+            names.drop()
+        self.t[f"prm|{q}"] = [d for d in due_at if d > close_to]
+        self._schedule(q, again)
+
+    def _prune_due(self, last_data: int) -> int:
+        day_end = last_data - last_data % 1440 + 1440
+        return max(last_data + self.horizon + 1, day_end)
+
+    def _prune(self, scope: str, now: int, again: dict[int, list[str]]) -> None:
+        st = self.t.get(f"s|{scope}")
+        if st is None:
+            return
+        data = st.get("data")
+        if data is not None and self._prune_due(data) > now:
+            return  # calls since: that minute's expiry scheduled it again
+        if scope in self.rules.cfg.budgets or self.rules.needs_every_minute(scope, st):
+            again.setdefault(now + self.horizon, []).append(scope)
+            return
+        del self.t[f"s|{scope}"]
+        self.pruned += 1
+
+    def _schedule(self, q: int, schedule: dict[int, list[str]]) -> None:
+        if not schedule:
+            return
+        due_at = set(self.t.get(f"prm|{q}") or [])
+        for d, scopes in sorted(schedule.items()):
+            Names(self.t, f"pr|{q}|{d}").add(scopes)
+            due_at.add(d)
+        self.t[f"prm|{q}"] = sorted(due_at)
+
+    def _total(self, q: int, minute: int, scope: str) -> Agg:
+        out = Agg()
+        for p in range(self.raw_partitions):
+            v = self.t.get(f"w|{q}|{minute}|{p}|{scope}")
+            if v is not None:
+                out.merge(Agg.from_dict(v["agg"]))
+        return out

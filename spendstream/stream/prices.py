@@ -15,13 +15,21 @@ added to ``input``.
 
 A user override file (TOML) takes precedence: negotiated prices, private models, effective
 dates. See :func:`load_overrides`.
+
+The book's caches are bounded (``PriceBook.max_entries``, default 10,000 per cache, oldest
+inserted evicted first: a hot model is re-inserted every slot anyway) and an unknown model is
+cached as unknown like any other: model names come from producers, and before this every
+distinct name stayed in three dicts forever and cost two genai-prices searches (~0.4–1.2 ms).
+Now a (provider, model) is searched in the snapshot once (the snapshot does not change in a
+process), so a new unknown name costs one search (~0.2–0.6 ms) and a repeated one a dict lookup.
 """
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -168,16 +176,21 @@ def _tier_prices(mp: Any, idx: int | None) -> TierPrices:
     )
 
 
-def _row_from_genai(provider: str, model: str, when: datetime) -> PriceRow | None:
-    from genai_prices import __version__ as gp_version
+def _find(provider: str, model: str) -> tuple[Any, Any] | None:
+    """(provider, model info) of genai-prices' snapshot, or None: no price known."""
     from genai_prices import data_snapshot
-    from genai_prices.types import TieredPrices
 
-    snap = data_snapshot.get_snapshot()
     try:
-        prov, info = snap.find_provider_model(model, None, provider, None)
+        return data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
     except (LookupError, ValueError):
         return None
+
+
+def _row_from_genai(found: tuple[Any, Any], when: datetime) -> PriceRow:
+    from genai_prices import __version__ as gp_version
+    from genai_prices.types import TieredPrices
+
+    prov, info = found
     mp = info.get_prices(when)
     n_tiers = max(
         (len(v.tiers) for v in mp.__dict__.values() if isinstance(v, TieredPrices)), default=0
@@ -194,14 +207,12 @@ def _row_from_genai(provider: str, model: str, when: datetime) -> PriceRow | Non
     )
 
 
-def _has_time_of_day(provider: str, model: str) -> bool:
-    from genai_prices import data_snapshot
+def _has_time_of_day(found: tuple[Any, Any] | None) -> bool:
     from genai_prices.types import TimeOfDateConstraint
 
-    try:
-        _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
-    except (LookupError, ValueError):
+    if found is None:
         return False
+    info = found[1]
     prices = info.prices if isinstance(info.prices, list) else []
     return any(isinstance(c.constraint, TimeOfDateConstraint) for c in prices)
 
@@ -297,16 +308,38 @@ def load_overrides(path: Path) -> list[Override]:
 # --- the book ---------------------------------------------------------------------------------
 
 
+class Bounded(dict[Any, Any]):
+    """A dict that drops its oldest inserted entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key not in self and len(self) >= self.limit:
+            for old in list(itertools.islice(iter(self), max(1, self.limit // 10))):
+                del self[old]  # a tenth at a time: eviction is rare, not per insert
+        super().__setitem__(key, value)
+
+
 @dataclass
 class PriceBook:
     """Caches one :class:`PriceRow` (or None: unknown) per (provider, model, slot)."""
 
     overrides: Sequence[Override] = ()
-    _cache: dict[tuple[str, str, int], PriceRow | None] = field(default_factory=dict)
-    _tod: dict[tuple[str, str], bool] = field(default_factory=dict)
-    _hot: dict[tuple[str, str], tuple[int, int, PriceRow | None]] = field(default_factory=dict)
+    max_entries: int = 10_000
+    """Entries per cache (prices per slot, genai-prices searches, hot rows)."""
     lookups: int = 0
     """How many times a price was actually resolved (not served from the cache)."""
+    searches: int = 0
+    """How many times genai-prices' snapshot was searched for a model."""
+
+    def __post_init__(self) -> None:
+        self._cache: dict[tuple[str, str, int], PriceRow | None] = Bounded(self.max_entries)
+        self._found: dict[tuple[str, str], tuple[Any, Any] | None] = Bounded(self.max_entries)
+        self._hot: dict[tuple[str, str], tuple[int, int, PriceRow | None]] = Bounded(
+            self.max_entries
+        )
 
     @classmethod
     def from_file(cls, path: Path | None) -> PriceBook:
@@ -324,20 +357,29 @@ class PriceBook:
             return hot[2]
         ts = datetime.fromtimestamp(seconds, UTC)
         found = self._row(provider, model, ts)
-        start = self._slot(provider, model, ts) * 900
-        span = 900 if self._tod[(provider, model)] else 86400
-        self._hot[(provider, model)] = (start, start + span, found)
+        tod = _has_time_of_day(self._search(provider, model))
+        start = self._slot(tod, ts) * 900
+        self._hot[(provider, model)] = (start, start + (900 if tod else 86400), found)
         return found
 
-    def _slot(self, provider: str, model: str, ts: datetime) -> int:
-        tod = self._tod.get((provider, model))
-        if tod is None:
-            tod = self._tod[(provider, model)] = _has_time_of_day(provider, model)
+    def _search(self, provider: str, model: str) -> tuple[Any, Any] | None:
+        key = (provider, model)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
+        self.searches += 1
+        found = self._found[key] = _find(provider, model)
+        return found
+
+    @staticmethod
+    def _slot(tod: bool, ts: datetime) -> int:
         seconds = int(ts.timestamp())
         return seconds // 900 if tod else seconds // 86400 * 96  # 15-min slots, or the day
 
     def _row(self, provider: str, model: str, ts: datetime) -> PriceRow | None:
-        key = (provider, model, self._slot(provider, model, ts))
+        found_model = self._search(provider, model)
+        key = (provider, model, self._slot(_has_time_of_day(found_model), ts))
         try:
             return self._cache[key]
         except KeyError:
@@ -347,8 +389,8 @@ class PriceBook:
         found = next(
             (o.row for o in reversed(self.overrides) if o.applies(provider, model, day)), None
         )
-        if found is None:
+        if found is None and found_model is not None:
             slot_start = datetime.fromtimestamp(key[2] * 900, UTC)
-            found = _row_from_genai(provider, model, slot_start)
+            found = _row_from_genai(found_model, slot_start)
         self._cache[key] = found
         return found

@@ -17,6 +17,13 @@ worker keeps in a Faust table.
   budget is spent. Resolves when a new period starts under budget.
 - **price_unknown** (model scopes): calls to a model without a price. Fires at once, resolves
   after ``resolve_minutes`` × 3 minutes without such calls.
+
+Empty minutes: a scope with nothing open (:meth:`ScopeRules.needs_every_minute` false) only
+appends zeros to its history and rolls its hour/day totals on an empty minute, so
+:meth:`ScopeRules.close_empty` applies a whole stretch of them in O(``baseline_minutes``) —
+stage 2 closes idle scopes lazily, when they next have calls. State stays bounded: the history
+keeps ``baseline_minutes`` entries and an endpoint's model baseline its
+``MODEL_BASE_KEEP`` biggest models (the rest summed under ``OTHER``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ from typing import Any
 
 from ..alerts import Alert, Contributor, Rule, Severity, alert_id, minute_dt
 from .prices import PICO, pico_to_usd
-from .windows import Agg
+from .windows import OTHER, Agg, top_with_other
+
+MODEL_BASE_KEEP = 40
+"""Models kept in an endpoint's model baseline (by spend); the rest are summed under OTHER."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,16 @@ def _contributors(agg: Agg) -> dict[str, list[Contributor]]:
                 Contributor(name=k, spend_usd=pico_to_usd(v), share=round(v / total, 4))
                 for k, v in top
             ]
+    return out
+
+
+def _fold_base(base: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Keep the MODEL_BASE_KEEP biggest models of a baseline; sum the rest under OTHER."""
+    top = top_with_other({m: v[0] for m, v in base.items()}, MODEL_BASE_KEEP)
+    out = {m: base[m] for m in top if m != OTHER}
+    rest = [v for m, v in base.items() if m not in out]
+    if rest:
+        out[OTHER] = [sum(v[0] for v in rest), sum(v[1] for v in rest)]
     return out
 
 
@@ -111,7 +131,44 @@ class ScopeRules:
             for m, v in agg.models.items():
                 s, n = base.get(m, [0, 0])
                 base[m] = [s + v, n + 1]
+            if len(base) > 2 * MODEL_BASE_KEEP:
+                state["model_base"] = _fold_base(base)
             state["model_calls"] = state.get("model_calls", 0) + agg.calls
+        return alerts
+
+    def needs_every_minute(self, scope: str, state: dict[str, Any]) -> bool:
+        """Whether an empty minute can change more than the history and hour/day totals:
+        an open alert or streak, or a budget whose projection still has a non-zero rate.
+        With ``min_spend_usd`` 0 a threshold of 0 "spikes" on an empty minute: always."""
+        if self.cfg.min_spend_pico <= 0:
+            return True
+        if state.get("spend_alert") is not None or state.get("streak", 0) > 0:
+            return True
+        if state.get("unknown_alert") is not None or state.get("budget_alert") is not None:
+            return True
+        if scope in self.cfg.budgets:
+            return any(h[1] for h in state.get("hist", [])[-4:])
+        return False
+
+    def close_empty(self, scope: str, state: dict[str, Any], first: int, last: int) -> list[Alert]:
+        """:meth:`close_minute` with no calls for every minute ``first..last``, in
+        O(min(last - first, baseline_minutes)) once nothing is open. The state is the same as
+        closing each minute (except that ``streak`` is not created where absent: absent is 0)."""
+        alerts: list[Alert] = []
+        minute = first
+        while minute <= last and self.needs_every_minute(scope, state):
+            alerts += self.close_minute(scope, state, minute, Agg())
+            minute += 1
+        if minute > last:
+            return alerts
+        n = self.cfg.baseline_minutes
+        hist: list[list[int]] = state.setdefault("hist", [])
+        hist.extend([m, 0, 0] for m in range(max(minute, last - n + 1), last + 1))
+        del hist[: max(0, len(hist) - n)]
+        for key, size in (("hour", 60), ("day", 1440)):
+            start = last - last % size
+            cur = state.get(key)
+            state[key] = [start, cur[1] if cur and cur[0] == start else 0]
         return alerts
 
     # --- spend: spike + model mix ----------------------------------------------------------

@@ -9,6 +9,16 @@ twice: inside one Kafka record (events are first grouped by their few distinct
 (endpoint, model, service, team, minute) signatures, then expanded to scopes), and across
 records in the stage-1 table, where each key remembers the last record offset applied to it
 (``thru``) so a record replayed after a crash is never counted twice.
+
+Bounded by design: a window's name maps (models, prompt versions, users) keep their top
+:data:`TOP_NAMES` / :data:`TOP_USERS` entries by spend whenever they are serialised; models
+and prompt versions fold the rest into one :data:`OTHER` entry, so the map still sums to the
+window's spend (users are contributors only: the rest is dropped). With names capped by the
+schema (model ≤ 128, prompt version ≤ 256 characters), one scope's serialised window stays under
+~50 KB whatever the traffic; before this, 1,500 distinct long prompt versions in one
+partition-minute made a 1 MiB changelog record and crashed every worker (issue 13).
+Per-name figures beyond the top are therefore approximate across partitions (a name in one
+partition's top may sit in another's ``OTHER``); every total stays exact.
 """
 
 from __future__ import annotations
@@ -26,6 +36,24 @@ MINUTE = 60
 SCOPE_KINDS = ("endpoint", "model", "service", "team", "global")
 TOP_USERS = 10
 """Users kept per window partial (by spend); contributor lists are approximate beyond that."""
+TOP_NAMES = 20
+"""Models and prompt versions kept per window partial (by spend); the rest goes to OTHER."""
+OTHER = "(other)"
+"""The bucket holding the spend of the models/prompt versions beyond the top."""
+
+
+def top_with_other(d: dict[str, int], k: int) -> dict[str, int]:
+    """The ``k`` largest entries of ``d`` (ties by name) plus OTHER holding the rest's sum."""
+    ranked = sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = dict(kv for kv in ranked if kv[0] != OTHER)
+    rest = d.get(OTHER, 0)
+    if len(out) > k:
+        kept = list(out.items())[:k]
+        rest += sum(v for _, v in list(out.items())[k:])
+        out = dict(kept)
+    if rest:
+        out[OTHER] = rest
+    return out
 
 
 def endpoint_scope(service: str, endpoint: str) -> str:
@@ -106,6 +134,10 @@ class Agg:
                 dst[k] = dst.get(k, 0) + v
 
     def trim(self) -> None:
+        if len(self.models) > TOP_NAMES:
+            self.models = top_with_other(self.models, TOP_NAMES)
+        if len(self.pv) > TOP_NAMES:
+            self.pv = top_with_other(self.pv, TOP_NAMES)
         if len(self.users) > TOP_USERS:
             top = sorted(self.users.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_USERS]
             self.users = dict(top)
