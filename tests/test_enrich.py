@@ -185,3 +185,15 @@ def test_a_line_that_is_not_json_keeps_a_bounded_prefix_before_any_text_key() ->
     res = Enricher().process(truncated + b"\n" + noise + b"\n" + b'"a JSON string"')
     assert [d.raw for d in res.dead] == [b'{"service":"s","prompt', b"x" * 1024, b'"a JSON string"']
     assert Enricher(keep_text=True).process(truncated).dead[0].raw == truncated
+
+
+def test_a_record_dead_lettered_whole_keeps_no_text_of_any_line() -> None:
+    from spendstream.stream.enrich import redact_record
+
+    lines = [example_event(prompt_text=f"secret {i}").to_json() for i in range(3)]
+    value = b"\n".join([lines[0], b"", lines[1], b"{not json", lines[2]])
+    out = redact_record(value, keep_text=False).split(b"\n")
+    assert len(out) == 5 and out[1] == b"" and out[3] == b"{not json"
+    assert [json.loads(out[i]).get("prompt_text_chars") for i in (0, 2, 4)] == [8, 8, 8]
+    assert b"secret" not in b"\n".join(out)
+    assert redact_record(value, keep_text=True) == value

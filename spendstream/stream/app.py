@@ -30,7 +30,7 @@ from ..config import Settings
 from ..sinks.live import LiveSpendWriter
 from ..sinks.metrics import PipelineMetrics, serve
 from ..wire import check_headers
-from .enrich import Enricher
+from .enrich import Enricher, redact_record
 from .offsets import OffsetGuard
 from .pipeline import Snapshot, Stage1, Stage2, WriteBuffer, scope_partition
 from .prices import PriceBook
@@ -213,7 +213,7 @@ def build_app(s: Settings) -> Any:
                 if bad_header is not None:
                     await dlq.send(
                         key=m.key,
-                        value=m.value or b"",
+                        value=redact_record(m.value or b"", s.keep_text),
                         headers=_dlq_headers(s.topic_raw, p, offset, None, bad_header),
                     )
                     stats.dead += int(fresh)

@@ -212,6 +212,13 @@ def redact(line: bytes, keep_text: bool) -> bytes:
     return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def redact_record(value: bytes, keep_text: bool) -> bytes:
+    """:func:`redact` for each line of a record dead-lettered whole (a bad wire header)."""
+    if keep_text:
+        return value
+    return b"\n".join(redact(line, False) if line.strip() else line for line in value.split(b"\n"))
+
+
 def _plain(v: Any) -> Any:
     """A value parsed with :func:`_object` back to plain JSON types."""
     if isinstance(v, list) and v and all(isinstance(p, tuple) for p in v):
@@ -373,4 +380,5 @@ __all__ = [
     "duplicate_key",
     "final_tokens",
     "redact",
+    "redact_record",
 ]
