@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from spendstream.events import (
+    MAX_PRICE_SOURCE_CHARS,
     MAX_TAGS,
     MAX_TEXT_CHARS,
     MAX_TOKENS,
+    MAX_USD,
     Cost,
     EnrichedEvent,
     LLMCallEvent,
@@ -93,6 +95,21 @@ def test_timestamp_with_offset_is_normalised_to_utc() -> None:
         ({"error_type": "RateLimitError"}, "<event>"),  # status ok
         ({"feedback": 2}, "feedback"),
         ({"groundedness": -0.1}, "groundedness"),
+        # what PostgreSQL (text, jsonb, numeric(30, 12)) or a terminal cannot take
+        ({"user_id": "u\x00x"}, "user_id"),
+        ({"routing_reason": "cheap\x00"}, "routing_reason"),
+        ({"user_id": "\x1b[2J"}, "user_id"),
+        ({"routing_reason": "a\x9bb"}, "routing_reason"),  # C1 CSI
+        ({"tags": {"k": "v\x00"}}, "tags"),
+        ({"tags": {"k": "v\x1b]8;;http://x\x07"}}, "tags"),
+        ({"team": "t\x7f"}, "team"),
+        ({"status": "error", "error_type": "E\x00"}, "error_type"),
+        ({"cache_hit": True, "cache_kind": "exact", "cache_saved_usd": "1e18"}, "cache_saved_usd"),
+        ({"cache_hit": True, "cache_kind": "exact", "cache_saved_usd": "1e300"}, "cache_saved_usd"),
+        (
+            {"cache_hit": True, "cache_kind": "exact", "cache_saved_usd": "1000000.000000000001"},
+            "cache_saved_usd",
+        ),
     ],
 )
 def test_bad_event_error_names_the_field(overrides: dict[str, Any], field: str) -> None:
@@ -258,3 +275,22 @@ def test_token_counts_obey_otel_inclusion() -> None:
     )
     assert t.uncached_input_tokens == 76
     assert t.non_reasoning_output_tokens == 50
+
+
+def test_bounds_are_inclusive_and_text_fields_may_hold_newlines() -> None:
+    ev = LLMCallEvent.model_validate(
+        wire(
+            cache_hit=True,
+            cache_kind="exact",
+            cache_saved_usd=str(MAX_USD),
+            user_id="ünïcødé \u202e user",  # printable, if odd: the report escapes bidi
+            tags={"k": "x" * 256},
+            prompt_text="line 1\n\tline 2\x00",  # any text: the sink replaces NUL if stored
+        )
+    )
+    assert ev.cache_saved_usd == Decimal(1_000_000)
+    cost = Cost(input=MAX_USD, output=Decimal(0), total=MAX_USD,
+                price_source="override:" + "p" * (MAX_PRICE_SOURCE_CHARS - 9))  # fmt: skip
+    assert len(cost.price_source) == MAX_PRICE_SOURCE_CHARS
+    with pytest.raises(ValidationError):
+        Cost(input=MAX_USD, output=Decimal(1), total=MAX_USD + 1, price_source="x")
