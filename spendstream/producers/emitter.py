@@ -191,18 +191,15 @@ class Emitter:
         from confluent_kafka import Producer
 
         self._q: deque[LLMCallEvent] = deque()
-        self._q_text = 0
-        """text_bytes() of the events in the buffer (changed under the lock)."""
+        self._held_bytes = 0
+        """All the byte bound counts but ``len(_q) * EVENT_BYTES``: text_bytes() of buffered
+        events, the charge of a batch being encoded, the encoded records in the backlog and in
+        librdkafka's queue until acknowledged. One number, changed under the lock, so emit()
+        reads one attribute."""
         self._backlog: deque[tuple[bytes, bytes, int]] = deque()
         self._backlog_events = 0
-        self._backlog_bytes = 0
-        """Encoded bytes waiting for librdkafka (changed by the background thread only)."""
-        self._in_flight_bytes = 0
-        """Encoded bytes librdkafka holds until the broker acknowledges (under the lock)."""
         self._busy = False
         """True while the thread holds events taken from the buffer but not yet in the backlog."""
-        self._busy_bytes = 0
-        """The charge of those events (counted before they leave the buffer: never nowhere)."""
         self._busy_events = 0
         self._in_flight = 0
         self._delivered = 0
@@ -247,15 +244,19 @@ class Emitter:
                 self._drop(DropReason.INVALID)
                 return False
             q = self._q
+            n = len(q)
             text = 0 if event.prompt_text is None and event.response_text is None else -1
             if text:
                 text = text_bytes(event)
-            if not self._has_room(text):
+            if (
+                n >= self._max_buffer
+                or (n + 1) * EVENT_BYTES + text + self._held_bytes > self._max_buffer_bytes
+            ):
                 self._drop(DropReason.BUFFER_FULL)
                 return False
             if text:
                 with self._lock:
-                    self._q_text += text
+                    self._held_bytes += text
             q.append(event)
             if len(q) == self._wake_at:
                 self._wake.set()
@@ -265,16 +266,15 @@ class Emitter:
             return False
 
     def _has_room(self, text: int) -> bool:
+        """emit()'s test (inlined there: it is the hot path)."""
         n = len(self._q)
-        held = self._busy_bytes + self._backlog_bytes + self._in_flight_bytes
-        used = n * EVENT_BYTES + self._q_text + held
-        return n < self._max_buffer and used + EVENT_BYTES + text <= self._max_buffer_bytes
+        used = (n + 1) * EVENT_BYTES + text + self._held_bytes
+        return n < self._max_buffer and used <= self._max_buffer_bytes
 
     def buffered_bytes(self) -> int:
         """Estimated bytes held for undelivered events: buffer, encoded backlog and librdkafka's
         queue (what producer_buffer_bytes bounds)."""
-        held = self._busy_bytes + self._backlog_bytes + self._in_flight_bytes
-        return len(self._q) * EVENT_BYTES + self._q_text + held
+        return len(self._q) * EVENT_BYTES + self._held_bytes
 
     def put(self, event: LLMCallEvent, timeout: float | None = None) -> bool:
         """Like :meth:`emit`, but waits for buffer room (for replay and load tools, not hosts)."""
@@ -426,12 +426,15 @@ class Emitter:
             if not q:
                 return False
             self._busy = True  # before the first pop, so flush() never sees the events nowhere
+            charge = 0
             try:
-                self._take(batch)
+                charge = self._take(batch)
                 self._encode(batch)
             finally:
+                with self._lock:  # the records pushed carry their own bytes now
+                    self._held_bytes -= charge
                 self._busy = False
-                self._busy_bytes = self._busy_events = 0
+                self._busy_events = 0
         produce = self._producer.produce
         while self._backlog:
             key, value, n = self._backlog[0]
@@ -440,7 +443,6 @@ class Emitter:
             # events neither in the backlog nor in flight.
             with self._lock:
                 self._in_flight += n
-                self._in_flight_bytes += len(value)
             try:
                 produce(
                     self.topic,
@@ -452,16 +454,14 @@ class Emitter:
             except BufferError:
                 with self._lock:
                     self._in_flight -= n
-                    self._in_flight_bytes -= len(value)
                 self._producer.poll(0.05)  # librdkafka's queue is full: wait for the broker
                 return False
             except Exception as exc:  # e.g. MSG_SIZE_TOO_LARGE
                 with self._lock:
                     self._in_flight -= n
-                    self._in_flight_bytes -= len(value)
                     self._backlog_events -= n
+                    self._held_bytes -= len(value)
                 self._backlog.popleft()
-                self._backlog_bytes -= len(value)
                 too_large = "SIZE_TOO_LARGE" in str(exc)
                 self._drop(DropReason.TOO_LARGE if too_large else DropReason.INTERNAL, n)
                 self._last_error = str(exc)
@@ -469,26 +469,28 @@ class Emitter:
             with self._lock:
                 self._backlog_events -= n
             self._backlog.popleft()
-            self._backlog_bytes -= len(value)
         self._producer.poll(0)
         return bool(self._q)
 
-    def _take(self, batch: list[LLMCallEvent]) -> None:
-        """Move up to _DRAIN_MAX events from the buffer to ``batch``, moving their charge to
-        ``_busy_bytes`` first (so emit() never sees room that is still used)."""
+    def _take(self, batch: list[LLMCallEvent]) -> int:
+        """Move up to _DRAIN_MAX events from the buffer to ``batch``; returns their charge.
+
+        The EVENT_BYTES part of the charge moves into ``_held_bytes`` *before* the events
+        leave the buffer (their text is there already), so emit() never sees room that is
+        still used.
+        """
         q = self._q
-        while q and len(batch) < _DRAIN_MAX:
-            ev = q[0]  # only this thread pops: q[0] is what popleft() returns
-            text = 0
-            if ev.prompt_text is not None or ev.response_text is not None:
-                text = text_bytes(ev)
-            self._busy_bytes += EVENT_BYTES + text
-            self._busy_events += 1
-            q.popleft()
-            if text:
-                with self._lock:
-                    self._q_text -= text
+        n = min(len(q), _DRAIN_MAX)
+        self._busy_events = n
+        with self._lock:
+            self._held_bytes += n * EVENT_BYTES
+        text = 0
+        for _ in range(n):  # only this thread pops
+            ev = q.popleft()
             batch.append(ev)
+            if ev.prompt_text is not None or ev.response_text is not None:
+                text += text_bytes(ev)
+        return n * EVENT_BYTES + text
 
     def _encode(self, batch: list[LLMCallEvent]) -> None:
         """Cut the batch into records (:func:`spendstream.wire.pack`) and queue them."""
@@ -503,15 +505,15 @@ class Emitter:
 
     def _push(self, key: bytes, lines: list[bytes]) -> None:
         value = b"\n".join(lines)
-        self._backlog.append((key, value, len(lines)))
-        self._backlog_bytes += len(value)
         with self._lock:
+            self._held_bytes += len(value)
             self._backlog_events += len(lines)
+        self._backlog.append((key, value, len(lines)))
 
     def _on_delivery(self, n: int, size: int, err: Any, _msg: Any) -> None:
         with self._lock:
             self._in_flight -= n
-            self._in_flight_bytes -= size
+            self._held_bytes -= size
             if err is None:
                 self._delivered += n
             else:
