@@ -576,3 +576,79 @@ def test_spendstream_lifespan_flushes_the_process_wide_emitter(
 def test_module_level_aflush_without_an_emitter_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sdk, "_default", None)
     assert asyncio.run(sdk.aflush(1)) == 0
+
+
+UVICORN_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from spendstream.producers import SpendstreamMiddleware, track
+
+
+async def answer(request):
+    with track("openai", "gpt-4o-mini") as call:
+        call.set_usage(input_tokens=10, output_tokens=2)
+    return JSONResponse({"ok": True})
+
+
+async def health(request):
+    return PlainTextResponse("ok")
+
+
+app = Starlette(routes=[Route("/answer", answer), Route("/health", health)])
+app.add_middleware(SpendstreamMiddleware, service="uvicorn-probe")
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_uvicorn_sigterm_right_after_the_last_calls_loses_none_of_them(
+    stack: Settings, topic: str, tmp_path: Any
+) -> None:
+    """uvicorn re-raises SIGTERM after its shutdown, so atexit never flushes: the middleware's
+    lifespan flush is what delivers the lingering events (3 of 3 were lost before)."""
+    pytest.importorskip("uvicorn")
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "probe_app.py").write_text(UVICORN_APP)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SPENDSTREAM_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap_servers,
+        "SPENDSTREAM_TOPIC_RAW": topic,
+        "SPENDSTREAM_PRODUCER_LINGER_MS": "1000",
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "probe_app:app", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--app-dir", str(tmp_path), "--lifespan", "on", "--log-level", "warning"],
+        env=env,
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 30, "uvicorn serving", every=poll)
+        for _ in range(3):
+            assert httpx.get(f"http://127.0.0.1:{port}/answer", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGTERM)  # within the 1 s linger of the last event
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    got = read_events(stack, topic, 3, deadline_s=20, settle_s=0.5)
+    assert [(e.service, e.endpoint) for e in got.events] == [("uvicorn-probe", "/answer")] * 3
+    assert len({e.event_id for e in got.events}) == 3

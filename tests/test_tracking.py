@@ -177,3 +177,11 @@ def test_stats_are_exposed_to_prometheus(emitter: Emitter) -> None:
     assert 'spendstream_sdk_events_dropped_total{reason="buffer_full"} 0.0' in text
     assert "spendstream_sdk_events_queued 1.0" in text
     assert "spendstream_sdk_events_delivered_total 0.0" in text
+    assert 'spendstream_sdk_events_repaired_total{reason="field_sanitized"} 0.0' in text
+    with emitter.track("openai", "gpt-4o", endpoint="/x", team="tab\tteam"):
+        pass
+    text = generate_latest(reg).decode()
+    assert 'spendstream_sdk_events_repaired_total{reason="field_sanitized"} 1.0' in text
+    # two queued events: 4 KiB each while buffered, their encoded records' size once taken
+    (line,) = [x for x in text.splitlines() if x.startswith("spendstream_sdk_buffered_bytes ")]
+    assert 0 < float(line.split()[1]) <= 8192
