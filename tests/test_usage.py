@@ -278,3 +278,16 @@ def test_sdk_objects_are_read_through_model_dump() -> None:
 def test_unusable_input_is_a_clear_error(provider: str, body: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         extract_usage(provider, body)
+
+
+def test_stream_chunks_of_unknown_shape_never_raise_into_the_host() -> None:
+    class Exploding:
+        def model_dump(self, **_kw: Any) -> dict[str, Any]:
+            raise RuntimeError("serializer failed")
+
+    s = StreamUsage("anthropic")
+    s.observe(Exploding())
+    s.observe({"type": "message_delta", "usage": "not a mapping"})
+    s.observe({"type": "message_start", "message": {"usage": ["nope"]}})
+    assert s.chunks == 3
+    assert s.result() is None

@@ -131,12 +131,15 @@ class StreamUsage:
         self.chunks = 0
 
     def observe(self, chunk: Any) -> None:
-        """Feed one chunk; never raises (a chunk without usage is simply ignored)."""
+        """Feed one chunk; never raises (a chunk without usage, or of a shape we do not know,
+        is simply ignored: the host's stream must not break on our account)."""
         self.chunks += 1
         try:
-            body = as_dict(chunk)
-        except TypeError:
+            self._observe(as_dict(chunk))
+        except Exception:
             return
+
+    def _observe(self, body: dict[str, Any]) -> None:
         kind = body.get("type")
         if kind == "message_start" and isinstance(body.get("message"), Mapping):
             msg = body["message"]
