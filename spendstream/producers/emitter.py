@@ -421,13 +421,12 @@ class Emitter:
     def _pump(self) -> bool:
         """Move one batch buffer → backlog → producer; True if there is more to do now."""
         if not self._backlog:
-            batch: list[LLMCallEvent] = []
-            q = self._q
-            if not q:
+            if not self._q:
                 return False
             self._busy = True  # before the first pop, so flush() never sees the events nowhere
             charge = 0
             try:
+                batch: list[LLMCallEvent] = []
                 charge = self._take(batch)
                 self._encode(batch)
             finally:
@@ -435,6 +434,13 @@ class Emitter:
                     self._held_bytes -= charge
                 self._busy = False
                 self._busy_events = 0
+        if not self._send_backlog():
+            return False
+        self._producer.poll(0)
+        return bool(self._q)
+
+    def _send_backlog(self) -> bool:
+        """Hand the backlog's records to librdkafka; False when its queue is full."""
         produce = self._producer.produce
         while self._backlog:
             key, value, n = self._backlog[0]
@@ -469,8 +475,7 @@ class Emitter:
             with self._lock:
                 self._backlog_events -= n
             self._backlog.popleft()
-        self._producer.poll(0)
-        return bool(self._q)
+        return True
 
     def _take(self, batch: list[LLMCallEvent]) -> int:
         """Move up to _DRAIN_MAX events from the buffer to ``batch``; returns their charge.
