@@ -8,10 +8,12 @@ queued without bound.
 
 The buffer is bounded in events and in bytes: with the broker down, 1,000 calls carrying
 256 Ki-character prompts grew the host by 254 MB under the count bound alone; the byte bound
-(``producer_buffer_bytes``, 64 MiB) charges each event 4 KiB (what one measured in memory) plus
-its text. A bad producer setting disables the emitter (drops counted as ``bad_config``, logged
-once) instead of raising into ``track()``. Drops are logged at once the first time per reason,
-then at most once per interval per reason, and summed up at close.
+(``producer_buffer_bytes``, 64 MiB) charges each buffered event 4 KiB (what one measured in
+memory) plus its text, then its encoded record until the broker acknowledges it, librdkafka's
+queue included: the same 1,000 prompts now grow it by ~65 MiB (~100 MiB at the peak, while
+records are encoded). A bad producer setting disables the emitter (drops counted as
+``bad_config``, logged once) instead of raising into ``track()``. Drops are logged at once the
+first time per reason, then at most once per interval per reason, and summed up at close.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class EmitterStats:
     """Events changed before emitting, by :class:`~spendstream.producers.repair.RepairReason`
     (an event may count under several reasons); they were emitted, not dropped."""
     buffered_bytes: int = 0
-    """Estimated bytes held before librdkafka's queue (the producer_buffer_bytes bound)."""
+    """Estimated bytes held for undelivered events, librdkafka's queue included (the
+    producer_buffer_bytes bound)."""
 
     @property
     def dropped_total(self) -> int:

@@ -49,7 +49,7 @@ class EmitterCollector(Collector):
         yield repaired
         buffered = GaugeMetricFamily(
             "spendstream_sdk_buffered_bytes",
-            "Estimated bytes held before librdkafka's queue (bounded by producer_buffer_bytes).",
+            "Estimated bytes held for undelivered events (bounded by producer_buffer_bytes).",
         )
         buffered.add_metric([], st.buffered_bytes)
         yield buffered
