@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     producer_buffer_events: int = Field(100_000, ge=1)
     """Events the SDK holds in memory while Kafka is slow or down; beyond it they are dropped."""
     producer_buffer_bytes: int = Field(67_108_864, ge=1_048_576)
-    """Bytes (estimated: 4 KiB per event + its text) the SDK holds before librdkafka's queue;
-    beyond it events are dropped (``buffer_full``), so large prompts cannot grow the host."""
+    """Bytes the SDK holds for undelivered events (its buffer at 4 KiB per event + its text,
+    then the encoded records, in librdkafka's queue too); beyond it events are dropped
+    (``buffer_full``), so large prompts cannot grow the host."""
     producer_queue_kbytes: int = Field(65_536, ge=1024)
     """librdkafka's own send queue bound (KiB), on top of the event buffer."""
     producer_linger_ms: int = Field(50, ge=0, le=10_000)
