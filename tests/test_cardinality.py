@@ -237,3 +237,37 @@ def test_price_book_caches_unknown_models_once_and_stays_bounded() -> None:
     assert book.row_at("openai", "gpt-4o", at) is not None
     assert book.row_at("openai", "gpt-4o", at + timedelta(days=1).total_seconds()) is not None
     assert book.searches == 301
+
+
+def test_a_record_replayed_after_a_partial_write_is_counted_once_per_scope_key() -> None:
+    calls = calls_of([event(i, endpoint=f"/e{i % 3}") for i in range(30)])
+    first, rec = aggregate(calls[:3]), aggregate(calls)
+    done = DictState()
+    Stage1(done).apply(0, 4, first)
+    at4 = dict(done)
+    Stage1(done).apply(0, 5, rec)
+    # a crash after some of offset 5's keys reached the changelog: one endpoint key and the
+    # watermark (thru) are still as offset 4 left them, every other key has offset 5 applied
+    crashed = DictState(done)
+    e1 = f"0|{MINUTE0}|endpoint:svc/e1"
+    crashed[e1], crashed["0|wm"] = at4[e1], at4["0|wm"]
+    assert crashed != done and done[e1]["thru"] == 5
+    Stage1(crashed).apply(0, 5, rec)  # the record is re-read
+    assert crashed == done
+
+
+def test_a_scope_index_lost_in_a_crash_is_rebuilt_by_the_resync_repeat() -> None:
+    s2, table, clock = stage2()
+    snaps = [Snapshot(0, sc, MINUTE0, 3, agg_dict(500)) for sc in ("global:all", "team:a")]
+    s2.apply_snapshots(0, snaps)
+    for k in [k for k in table if k.startswith(f"wi|0|{MINUTE0}|")]:
+        del table[k]  # the index writes never reached the changelog; the windows did
+    restarted = Stage2(table, RuleConfig(), 2, 0, 15, clock=clock)
+    restarted.apply_snapshots(0, snaps)  # stage 1's periodic resync repeats its snapshots
+    wm = (MINUTE0 + 1) * 60 + 1
+    restarted.set_watermarks(0, {0: (wm, False), 1: (wm, False)})
+    res = restarted.close(0)
+    assert sorted((w.scope, w.agg.spend) for w in res.windows) == [
+        ("global:all", 500),
+        ("team:a", 500),
+    ]

@@ -242,9 +242,10 @@ class Stage1:
         out = []
         for key in sorted(keys):
             v = self.t.get(key)
-            if v is None:
-                continue
-            _, minute, scope = key.split("|", 2)
+            parts = key.split("|", 2)
+            if v is None or len(parts) < 3:
+                continue  # a "P|minute" key of the former layout: pruned with its minute
+            _, minute, scope = parts
             out.append(Snapshot(p, scope, int(minute), int(v["thru"]), v["agg"]))
         return out
 
@@ -426,6 +427,7 @@ class Stage2:
         self.max_skew_s = max_skew_s
         self.clock = clock
         self.horizon = max(rules.baseline_minutes, retention_minutes)
+        self._index: dict[tuple[int, int], set[str]] = {}
         self.visited = 0
         """Scope-minutes closed so far (the work closing did; the tests read it)."""
         self.pruned = 0
@@ -445,20 +447,24 @@ class Stage2:
                 continue  # too late (or a resync repeat): the minute is no longer kept
             changed: set[str] = set()
             new: list[str] = []
+            indexed = self._indexed(q, minute)
             for sn in group:
+                # indexed whether or not the snapshot is news: a repeat (resync) re-indexes a
+                # scope whose index write was lost in a crash
+                if sn.scope not in indexed:
+                    indexed.add(sn.scope)
+                    new.append(sn.scope)
                 key = f"w|{q}|{minute}|{sn.partition}|{sn.scope}"
                 old = self.t.get(key)
                 if old is not None and old["thru"] >= sn.thru:
                     continue
-                if old is None and sn.scope not in changed and not self._has(q, minute, sn.scope):
-                    new.append(sn.scope)
                 self.t[key] = {"thru": sn.thru, "agg": sn.agg}
                 changed.add(sn.scope)
             if new:
                 Names(self.t, f"wi|{q}|{minute}").add(new)
-                if minute not in mins:
-                    insort(mins, minute)
-                    self.t[f"mins|{q}"] = mins
+            if minute not in mins:
+                insort(mins, minute)
+                self.t[f"mins|{q}"] = list(mins)
             if closed is None or minute > closed:
                 continue
             for scope in sorted(changed):
@@ -470,8 +476,15 @@ class Stage2:
                 fixes.append(WindowTotal(scope, minute, agg, rev[str(minute)], 0, 0))
         return fixes
 
-    def _has(self, q: int, minute: int, scope: str) -> bool:
-        return any(f"w|{q}|{minute}|{p}|{scope}" in self.t for p in range(self.raw_partitions))
+    def _indexed(self, q: int, minute: int) -> set[str]:
+        """The minute's scope index as a set, kept in memory while its size in the state is
+        the one this process knows (a restore or another worker's writes reload it)."""
+        names = Names(self.t, f"wi|{q}|{minute}")
+        n = names.count()
+        got = self._index.get((q, minute))
+        if got is None or len(got) != n:
+            got = self._index[(q, minute)] = set(names.load())
+        return got
 
     def _cap(self) -> float:
         return self.clock() + self.max_skew_s
@@ -590,6 +603,7 @@ class Stage2:
                     if st.get("data", m) <= m:  # no calls since: check it for pruning
                         schedule.setdefault(self._prune_due(m), []).append(scope)
                 names.drop()
+                self._index.pop((q, m), None)
             self.t[f"mins|{q}"] = [m for m in mins if m >= keep_from]
             self._schedule(q, schedule)
         due_at: list[int] = list(self.t.get(f"prm|{q}") or [])
@@ -631,9 +645,13 @@ class Stage2:
         self.t[f"prm|{q}"] = sorted(due_at)
 
     def _total(self, q: int, minute: int, scope: str) -> Agg:
-        out = Agg()
+        out: Agg | None = None
         for p in range(self.raw_partitions):
             v = self.t.get(f"w|{q}|{minute}|{p}|{scope}")
-            if v is not None:
+            if v is None:
+                continue
+            if out is None:
+                out = Agg.from_dict(v["agg"])
+            else:
                 out.merge(Agg.from_dict(v["agg"]))
-        return out
+        return Agg() if out is None else out
