@@ -104,6 +104,20 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
+class ServiceTier(StrEnum):
+    """The provider's processing tier of the call; it changes the price of every unit.
+
+    OpenAI ``service_tier`` (``default`` is ``standard``; ``auto`` is resolved by the response's
+    own ``service_tier``), Anthropic ``usage.service_tier``, and batch APIs (OpenAI Batch,
+    Anthropic Message Batches) as ``batch``.
+    """
+
+    STANDARD = "standard"
+    FLEX = "flex"
+    PRIORITY = "priority"
+    BATCH = "batch"
+
+
 class CacheKind(StrEnum):
     """Which tier of spendstream's response cache answered (no provider call was made)."""
 
@@ -128,7 +142,41 @@ class Usage(_Strict):
     """All output tokens, *including* reasoning tokens."""
     cache_read_tokens: TokenCount | None = None
     cache_creation_tokens: TokenCount | None = None
+    """Cache writes of any TTL (Anthropic 5-minute and 1-hour)."""
     reasoning_tokens: TokenCount | None = None
+    # Priced units beyond the five counts (issue 14), each a *part* of the count it names, as in
+    # genai-prices' usage keys: they change how the whole is priced, never add to it.
+    cache_write_1h_tokens: TokenCount | None = None
+    """The part of ``cache_creation_tokens`` written with a 1-hour TTL (priced 2x input vs
+    1.25x for 5 minutes); the rest of the cache writes are 5-minute writes."""
+    input_audio_tokens: TokenCount | None = None
+    """Audio part of ``input_tokens`` (cached audio included)."""
+    cache_audio_read_tokens: TokenCount | None = None
+    """Audio part of ``cache_read_tokens``."""
+    output_audio_tokens: TokenCount | None = None
+    """Audio part of ``output_tokens``."""
+    input_image_tokens: TokenCount | None = None
+    """Image part of ``input_tokens``."""
+    output_image_tokens: TokenCount | None = None
+    """Image part of ``output_tokens``."""
+    web_searches: Annotated[int, Field(ge=0, le=100_000, strict=True)] | None = None
+    """Server-side web searches the call ran (priced per search)."""
+
+    @model_validator(mode="after")
+    def _units_within_counts(self) -> Self:
+        for part, whole in (
+            ("cache_write_1h_tokens", "cache_creation_tokens"),
+            ("input_audio_tokens", "input_tokens"),
+            ("cache_audio_read_tokens", "cache_read_tokens"),
+            ("cache_audio_read_tokens", "input_audio_tokens"),
+            ("output_audio_tokens", "output_tokens"),
+            ("input_image_tokens", "input_tokens"),
+            ("output_image_tokens", "output_tokens"),
+        ):
+            p, w = getattr(self, part), getattr(self, whole)
+            if p is not None and w is not None and p > w:
+                raise ValueError(f"{part} ({p}) exceed {whole} ({w}); it is a part of it")
+        return self
 
     @model_validator(mode="after")
     def _parts_within_whole(self) -> Self:
@@ -173,6 +221,13 @@ class LLMCallEvent(_Strict):
     prompt_version: Name | None = None
 
     usage: Usage = Field(default_factory=Usage)
+    usage_error: ShortText | None = None
+    """Why the provider's usage could not be read (an unknown shape, a payload that fails
+    validation): the call is priced as unknown and alerted, never estimated as zero tokens."""
+    service_tier: ServiceTier | None = None
+    """Processing tier (standard, flex, priority, batch); None is the provider's standard."""
+    provider_cost_usd: Money | None = None
+    """The cost the provider itself reported (OpenRouter ``usage.cost``): stored beside ours."""
     prompt_text: LongText | None = None
     """Only for token estimation when usage is missing; not stored unless configured."""
     response_text: LongText | None = None
