@@ -2,7 +2,7 @@
 and the tests (dicts) run the very same code.
 
 Stage 1 (keyed like the raw topic, one state per raw partition P): adds each record's
-aggregates to ``P|scope|minute`` keys, each remembering the last record offset it applied
+aggregates to ``P|minute|scope`` keys, each remembering the last record offset it applied
 (``thru``), so a record processed again after a crash is skipped key by key. Every tick it
 publishes snapshots of the keys it changed, with the partition's watermark (largest event time
 seen) and whether the partition is idle.
@@ -16,6 +16,14 @@ Late events: a snapshot for a closed minute that is still retained corrects its 
 republishes them) but does not re-run rules; events older than ``retention_minutes`` behind
 their partition's watermark are counted in ``late_dropped`` and left out of windows (they are
 still enriched and priced).
+
+Bounded by design (issue 13): no state record or partials message grows with the number of
+scopes (one key per scope and minute; scope-name lists in chunks), closing a minute costs
+O(scopes with data or an open alert) and jumps empty stretches, idle scopes are pruned, and a
+future-dated event cannot move a watermark. Measured on dicts with 20,000 endpoint scopes:
+closing a later minute with 3 scopes of data took 235 ms before (every scope ever seen was
+visited), 0.1 ms now; an event 6 days ahead made closing iterate ~8,640 empty minutes × every
+scope (hours), now it does not move the watermark at all.
 """
 
 from __future__ import annotations
