@@ -8,6 +8,7 @@ against the real broker in test_emitter.py.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,7 +52,12 @@ def test_successful_call_carries_usage_latency_and_attribution(emitter: Emitter)
     )
     assert ev.request_model == "gpt-4o-mini" and ev.response_model == "gpt-4o-mini-2024-07-18"
     assert ev.usage == Usage(
-        input_tokens=1200, output_tokens=350, cache_read_tokens=1024, reasoning_tokens=100
+        input_tokens=1200,
+        output_tokens=350,
+        cache_read_tokens=1024,
+        reasoning_tokens=100,
+        input_audio_tokens=0,
+        output_audio_tokens=0,
     )
     assert ev.status is Status.OK and ev.error_type is None
     assert ev.latency_ms is not None and ev.latency_ms >= 0
@@ -59,16 +65,33 @@ def test_successful_call_carries_usage_latency_and_attribution(emitter: Emitter)
     assert emitter.pending() == 1
 
 
+class BadRequestError(Exception):
+    status_code = 400
+
+
 @pytest.mark.parametrize(
-    ("exc", "status", "error_type"),
+    ("exc", "status", "error_type", "usage"),
     [
-        (RateLimitError("slow down"), Status.RATE_LIMITED, "RateLimitError"),
-        (TimeoutError(), Status.TIMEOUT, "TimeoutError"),
-        (ValueError("bad"), Status.ERROR, "ValueError"),
+        # refused by the provider before the model ran: exactly $0, not an estimate
+        (
+            RateLimitError("slow down"),
+            Status.RATE_LIMITED,
+            "RateLimitError",
+            Usage(input_tokens=0, output_tokens=0),
+        ),
+        (
+            BadRequestError("no"),
+            Status.ERROR,
+            "BadRequestError",
+            Usage(input_tokens=0, output_tokens=0),
+        ),
+        # may have been billed (the model may have run): unknown, the worker estimates it
+        (TimeoutError(), Status.TIMEOUT, "TimeoutError", Usage()),
+        (ValueError("bad"), Status.ERROR, "ValueError", Usage()),
     ],
 )
 def test_exception_sets_status_and_is_reraised_untouched(
-    emitter: Emitter, exc: Exception, status: Status, error_type: str
+    emitter: Emitter, exc: Exception, status: Status, error_type: str, usage: Usage
 ) -> None:
     with (
         pytest.raises(type(exc)) as info,
@@ -78,7 +101,7 @@ def test_exception_sets_status_and_is_reraised_untouched(
     assert info.value is exc
     assert call.event is not None
     assert call.event.status is status and call.event.error_type == error_type
-    assert call.event.usage == Usage()
+    assert call.event.usage == usage
 
 
 def test_context_supplies_defaults_and_explicit_fields_win(emitter: Emitter) -> None:
@@ -146,13 +169,21 @@ def test_a_bad_field_is_repaired_and_counted_not_raised(emitter: Emitter) -> Non
     assert emitter.stats().dropped == {}
 
 
-def test_an_event_beyond_repair_and_a_non_event_are_dropped_as_invalid(emitter: Emitter) -> None:
+def test_a_bad_timestamp_override_falls_back_to_the_measured_start_and_a_non_event_is_invalid(
+    emitter: Emitter,
+) -> None:
+    before = datetime.now(UTC)
     with emitter.track("openai", "gpt-4o", endpoint="/x", timestamp="not a time") as call:
         pass
-    assert call.event is None
-    assert emitter.stats().dropped == {"invalid": 1}
+    # the event is kept (it used to be dropped as invalid): the start time the tracker measured
+    assert call.event is not None and before <= call.event.timestamp <= datetime.now(UTC)
+    assert emitter.stats().repaired == {"field_dropped": 1}
+    with emitter.track("openai", "gpt-4o", timestamp=datetime(2025, 1, 1)) as naive:  # noqa: DTZ001
+        pass
+    assert naive.event is not None and naive.event.timestamp != datetime(2025, 1, 1, tzinfo=UTC)
+    assert emitter.stats().repaired == {"field_dropped": 2}
     assert emitter.emit("not an event") is False  # type: ignore[arg-type]
-    assert emitter.stats().dropped == {"invalid": 2}
+    assert emitter.stats().dropped == {"invalid": 1}
 
 
 def test_after_close_events_are_counted_as_closed(emitter: Emitter) -> None:

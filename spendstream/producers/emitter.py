@@ -44,6 +44,8 @@ log = logging.getLogger("spendstream.producer")
 
 _DRAIN_MAX = 5_000
 """Events the background thread takes from the buffer per pass; bounds its private backlog."""
+MAX_PROVIDER_LABELS = 64
+"""Distinct providers counted by name in ``stats().usage_unreadable`` (a metric label)."""
 EVENT_BYTES = 4096
 """What one queued event without text holds in memory (tracemalloc: 4.3 KB for a pydantic
 LLMCallEvent with usage, tags and UUID): the byte bound's charge per event."""
@@ -89,6 +91,9 @@ class EmitterStats:
     buffered_bytes: int = 0
     """Estimated bytes held for undelivered events, librdkafka's queue included (the
     producer_buffer_bytes bound)."""
+    usage_unreadable: dict[str, int] = field(default_factory=dict)
+    """Events emitted with a ``usage_error`` (the provider's usage payload could not be read),
+    by provider: the worker prices them as unknown, never as zero tokens."""
 
     @property
     def dropped_total(self) -> int:
@@ -132,6 +137,10 @@ class LogLimiter:
 
 class Emitter:
     """Non-blocking event publisher; one per process is enough (it is thread-safe)."""
+
+    _producer: Any
+    _thread: threading.Thread | None
+    _last_error: str | None
 
     def __init__(
         self,
@@ -193,6 +202,24 @@ class Emitter:
     def _start(self) -> None:
         from confluent_kafka import Producer
 
+        self._reset_state()
+        if self._config_error is None:
+            try:
+                self._producer = Producer(self._producer_conf())
+            except Exception as exc:  # e.g. an unknown or malformed PRODUCER_*/client property
+                self._config_error = self._last_error = f"bad producer config: {_first_line(exc)}"
+        if self._config_error is not None:
+            log.error(
+                "spendstream: call events are not sent (counted as dropped, bad_config) "
+                "until the settings are fixed: %s",
+                self._config_error,
+            )
+            return
+        self._thread = threading.Thread(target=self._run, name="spendstream-emitter", daemon=True)
+        self._thread.start()
+
+    def _reset_state(self) -> None:
+        """Buffers and counters of a fresh emitter (at start and in a forked child)."""
         self._q: deque[LLMCallEvent] = deque()
         self._held_bytes = 0
         """All the byte bound counts but ``len(_q) * EVENT_BYTES``: text_bytes() of buffered
@@ -208,27 +235,14 @@ class Emitter:
         self._delivered = 0
         self._dropped: Counter[str] = Counter()
         self._repaired: Counter[str] = Counter()
+        self._unreadable: Counter[str] = Counter()
         self._logged_drops: Counter[str] = Counter()
         self._drop_logged_at: dict[str, float] = {}
-        self._last_error: str | None = self._config_error
+        self._last_error = self._config_error
         self._stop = False
         self._wake = threading.Event()
-        self._producer: Any = None
-        self._thread: threading.Thread | None = None
-        if self._config_error is None:
-            try:
-                self._producer = Producer(self._producer_conf())
-            except Exception as exc:  # e.g. an unknown or malformed PRODUCER_*/client property
-                self._config_error = self._last_error = f"bad producer config: {_first_line(exc)}"
-        if self._config_error is not None:
-            log.error(
-                "spendstream: call events are not sent (counted as dropped, bad_config) "
-                "until the settings are fixed: %s",
-                self._config_error,
-            )
-            return
-        self._thread = threading.Thread(target=self._run, name="spendstream-emitter", daemon=True)
-        self._thread.start()
+        self._producer = None
+        self._thread = None
 
     def _after_fork_in_child(self) -> None:
         # librdkafka's threads do not survive fork(); the parent's queued events are its own.
@@ -331,6 +345,23 @@ class Emitter:
                     self._log_interval,
                 )
 
+    def note_usage_unreadable(self, provider: str) -> None:
+        """Count one event sent with a ``usage_error``; log it once per provider per interval.
+
+        At most :data:`MAX_PROVIDER_LABELS` providers are counted by name (the rest as
+        ``other``): the provider id is a metric label.
+        """
+        with self._lock:
+            if provider not in self._unreadable and len(self._unreadable) >= MAX_PROVIDER_LABELS:
+                provider = "other"
+            self._unreadable[provider] += 1
+        if self.log_limiter.allow(f"usage-unreadable:{provider}"):
+            log.warning(
+                "spendstream: a %s response's usage could not be read; the call is sent with "
+                "usage_error and priced as unknown (counted in stats().usage_unreadable)",
+                provider,
+            )
+
     # --- delivery ------------------------------------------------------------------------------
     def flush(self, timeout: float = 10.0) -> int:
         """Deliver what is queued, waiting at most ``timeout`` s; returns events still pending."""
@@ -405,6 +436,7 @@ class Emitter:
                 last_error=self._last_error,
                 repaired=dict(self._repaired),
                 buffered_bytes=self.buffered_bytes(),
+                usage_unreadable=dict(self._unreadable),
             )
 
     # --- background thread -----------------------------------------------------------------------
@@ -567,3 +599,57 @@ def _first_line(exc: BaseException) -> str:
         return describe_error(exc)[:300]
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class MemoryEmitter(Emitter):
+    """An :class:`Emitter` that keeps events in ``.events`` instead of sending them to Kafka:
+    for your own tests, and to price responses without a broker (``Enricher().enrich``)::
+
+        mem = MemoryEmitter()
+        with mem.track("openai", "gpt-4o-mini", endpoint="/answer") as call:
+            call.set_response(resp)
+        (event,) = mem.events
+
+    Same interface and the same tracking, repairs and stats as ``Emitter``; an event counts as
+    delivered when it is appended. ``max_events`` bounds the list (further events are dropped
+    as ``buffer_full``, counted), so a long-running test cannot grow without limit.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, max_events: int = 1_000_000) -> None:
+        self.events: list[LLMCallEvent] = []
+        self.max_events = max_events
+        super().__init__(settings or Settings.model_construct(), register_atexit=False)
+
+    def _start(self) -> None:
+        self._reset_state()
+
+    def emit(self, event: LLMCallEvent) -> bool:
+        if self._closed:
+            self._drop(DropReason.CLOSED)
+            return False
+        if not isinstance(event, LLMCallEvent):
+            self._drop(DropReason.INVALID)
+            return False
+        with self._lock:
+            if len(self.events) >= self.max_events:
+                self._dropped[DropReason.BUFFER_FULL.value] += 1
+                return False
+            self.events.append(event)
+            self._delivered += 1
+        return True
+
+    def put(self, event: LLMCallEvent, timeout: float | None = None) -> bool:
+        return self.emit(event)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return 0
+
+    def close(self, timeout: float = 10.0) -> int:
+        self._closed = True
+        return 0
+
+    def clear(self) -> list[LLMCallEvent]:
+        """Remove and return the events kept so far."""
+        with self._lock:
+            out, self.events = self.events, []
+        return out

@@ -47,6 +47,15 @@ class EmitterCollector(Collector):
         for why in RepairReason:
             repaired.add_metric([why.value], st.repaired.get(why.value, 0))
         yield repaired
+        unreadable = CounterMetricFamily(
+            "spendstream_sdk_usage_unreadable",
+            "Call events sent with a usage_error (the provider's usage payload could not be "
+            "read; priced as unknown), by provider.",
+            labels=["provider"],
+        )
+        for provider, n in sorted(st.usage_unreadable.items()):
+            unreadable.add_metric([provider], n)
+        yield unreadable
         buffered = GaugeMetricFamily(
             "spendstream_sdk_buffered_bytes",
             "Estimated bytes held for undelivered events (bounded by producer_buffer_bytes).",

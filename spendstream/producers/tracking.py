@@ -22,9 +22,21 @@ from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ..events import CacheKind, LLMCallEvent, Status, Usage
+from pydantic import AwareDatetime, TypeAdapter
+
+from ..events import (
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    CacheKind,
+    LLMCallEvent,
+    Operation,
+    ServiceTier,
+    Status,
+    Usage,
+)
 from .repair import (
     RepairReason,
     Repairs,
@@ -34,7 +46,7 @@ from .repair import (
     operation_of,
     repair_usage,
 )
-from .usage import StreamUsage, extract_usage
+from .usage import ExtractedUsage, NoUsage, StreamUsage, as_dict, extract_usage, model_of
 
 if TYPE_CHECKING:
     from .emitter import Emitter
@@ -118,6 +130,11 @@ class TrackedCall:
         self._repairs: Repairs = repairs or []
         self.usage: Usage | None = fields.pop("usage", None)
         self.response_model: str | None = fields.pop("response_model", None)
+        self.usage_error: str | None = None
+        """Why the provider's usage could not be read (sent as the event's usage_error)."""
+        self.service_tier: ServiceTier | None = None
+        self.provider_cost_usd: Decimal | None = None
+        self._responded = False
         self._stream: StreamUsage | None = None
         self._t0 = 0.0
         self._ttft_ms: float | None = None
@@ -126,12 +143,33 @@ class TrackedCall:
 
     # --- what the host tells us ----------------------------------------------------------------
     def set_response(self, response: Any) -> None:
-        """Read usage and the response model from a provider response (never raises)."""
+        """Read usage, the response model, the service tier and a provider-reported cost from a
+        provider response (an SDK object, a ``with_raw_response`` object or a JSON body).
+
+        Never raises. A response without any usage leaves the usage to the worker's estimate
+        (flagged); a usage payload that cannot be read, or an object that is no response,
+        sets :attr:`usage_error` with what could be read kept, so the call is priced as
+        unknown and counted (``stats().usage_unreadable``), never as zero tokens.
+        """
+        self._responded = True
         try:
             got = extract_usage(self.fields["provider"], response)
-            self.usage, self.response_model = got.usage, got.response_model or self.response_model
+        except NoUsage:
+            with contextlib.suppress(Exception):
+                self.response_model = model_of(as_dict(response)) or self.response_model
+            log.debug("spendstream: the response carries no usage; the worker estimates it")
+            return
         except Exception as exc:
-            log.debug("spendstream: no usage in response: %s", exc)
+            self.usage_error = f"the response could not be read: {exc}"[:250]
+            return
+        self._apply(got)
+
+    def _apply(self, got: ExtractedUsage) -> None:
+        self.usage = got.usage
+        self.response_model = got.response_model or self.response_model
+        self.service_tier = got.service_tier or self.service_tier
+        self.provider_cost_usd = got.provider_cost_usd
+        self.usage_error = got.error
 
     def set_usage(self, **tokens: int | None) -> None:
         """Report usage directly, in OTel semantics (input includes cache tokens).
@@ -139,6 +177,7 @@ class TrackedCall:
         Never raises: counts the schema refuses are repaired (:func:`.repair.repair_usage`:
         the inconsistent whole is dropped, the parts kept, the worker estimates it).
         """
+        self.usage_error = None  # the host's own counts replace what a response said
         try:
             self.usage = Usage(**tokens)
         except Exception:
@@ -151,11 +190,13 @@ class TrackedCall:
             self._ttft_ms = (time.perf_counter() - self._t0) * 1000
 
     def observe_chunk(self, chunk: Any) -> None:
-        """Feed a streaming chunk: first one sets TTFT, the usage chunk sets usage."""
-        self.first_token()
+        """Feed a streaming chunk or event: the first one with content (text, audio, a tool
+        call) sets TTFT — not ``message_start``/``response.created``, which arrive before the
+        model produced anything — and the usage chunk/event sets usage."""
         if self._stream is None:
             self._stream = StreamUsage(self.fields["provider"])
-        self._stream.observe(chunk)
+        if self._stream.observe(chunk):
+            self.first_token()
 
     def set(self, **fields: Any) -> None:
         """Set any other event field (``cache_hit``, ``feedback``, ``tags`` …)."""
@@ -186,7 +227,7 @@ class TrackedCall:
             if self._stream is not None and self.usage is None:
                 got = self._stream.result()
                 if got is not None:
-                    self.usage, self.response_model = got.usage, got.response_model
+                    self._apply(got)
             ev = self._build(exc, latency_ms)
         except Exception as build_exc:  # a bug here must not reach the host either
             ev = None
@@ -200,6 +241,8 @@ class TrackedCall:
             self._emitter._drop(DropReason.INVALID)
             return
         self.event = ev
+        if ev.usage_error is not None:
+            self._emitter.note_usage_unreadable(ev.provider)
         self._emitter.emit(ev)
 
     def _build(self, exc: BaseException | None, latency_ms: float) -> LLMCallEvent | None:
@@ -219,16 +262,20 @@ class TrackedCall:
             user_id=f.pop("user_id", None) or ctx.user_id,
             prompt_version=f.pop("prompt_version", None) or ctx.prompt_version,
             tags=tags,
-            usage=self.usage or Usage(),
+            usage=self._final_usage(status, exc, f.get("operation")),
             response_model=self.response_model,
+            usage_error=self.usage_error,
+            service_tier=self.service_tier,
+            provider_cost_usd=self.provider_cost_usd,
             latency_ms=round(latency_ms, 3),
             ttft_ms=None if self._ttft_ms is None else round(self._ttft_ms, 3),
             status=status,
             error_type=f.pop("error_type", None)
             or (type(exc).__name__ if exc is not None else None),
         )
-        fields.update(f)
         repairs = self._repairs
+        _check_timestamp(f, repairs)
+        fields.update(f)
         fit_texts(fields, repairs)
         try:
             ev: LLMCallEvent | None = LLMCallEvent(**fields)
@@ -238,6 +285,55 @@ class TrackedCall:
                 log.warning("spendstream: a call event could not be repaired, dropped: %s", why)
         self._emitter.note_repairs(repairs)
         return ev
+
+    def _final_usage(self, status: Status, exc: BaseException | None, op: Any) -> Usage:
+        """The usage to send; exact zeros where they are known, never guessed.
+
+        - A call refused by the provider (status ``error``/``rate_limited`` from an HTTP error
+          status, or set by the host) with no response, no chunk and no usage never reached
+          the model: 0 input, 0 output, exact (OpenAI, Anthropic, Google and the
+          OpenAI-compatible providers do not bill a request they answered with an error).
+          A timeout, a cancellation or a non-HTTP exception may have been billed: unknown.
+        - Embeddings and rerank have no output: ``output_tokens`` is 0, not unknown.
+        """
+        usage = self.usage
+        if usage is None:
+            seen = self._responded or (self._stream is not None and self._stream.chunks > 0)
+            if not seen and self.usage_error is None and _refused(status, exc):
+                return Usage(input_tokens=0, output_tokens=0)
+            usage = Usage()
+        output_less = op in (Operation.EMBEDDINGS, Operation.RERANK)
+        if output_less and usage.output_tokens is None and usage.input_tokens is not None:
+            return usage.model_copy(update={"output_tokens": 0})
+        return usage
+
+
+def _refused(status: Status, exc: BaseException | None) -> bool:
+    if status not in (Status.ERROR, Status.RATE_LIMITED):
+        return False
+    if exc is None or status is Status.RATE_LIMITED:
+        return True
+    code = getattr(exc, "status_code", None) or getattr(exc, "code", None)
+    return isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599
+
+
+_TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def _check_timestamp(f: dict[str, Any], repairs: Repairs) -> None:
+    """A ``timestamp=`` override the schema refuses (naive, unparseable, out of range) is
+    left out — the measured start time is used — and counted, instead of the event being
+    dropped: the timestamp is required, so the repair could not drop it."""
+    if "timestamp" not in f:
+        return
+    try:
+        ts = _TIMESTAMP.validate_python(f["timestamp"])
+        if MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
+            return
+    except Exception:
+        pass
+    del f["timestamp"]
+    repairs.append((RepairReason.FIELD_DROPPED, "timestamp"))
 
 
 def make_tracker(emitter: Emitter, provider: str, model: str, **fields: Any) -> TrackedCall:
