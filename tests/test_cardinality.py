@@ -6,6 +6,7 @@ metric label sets are capped, and the price book's caches are bounded."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,13 +14,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from spendstream.events import LLMCallEvent, Usage
+from spendstream.events import LLMCallEvent, Usage, example_event
 from spendstream.sinks.metrics import PipelineMetrics
 from spendstream.stream.enrich import EnrichedCall, Enricher
 from spendstream.stream.pipeline import DictState, Snapshot, Stage1, Stage2
 from spendstream.stream.prices import PriceBook
 from spendstream.stream.rules import RuleConfig, ScopeRules
-from spendstream.stream.windows import OTHER, TOP_NAMES, Agg, RecordAggregate
+from spendstream.stream.windows import OTHER, TOP_NAMES, Agg, RecordAggregate, endpoint_scope
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 MINUTE0 = int(T0.timestamp() // 60)
@@ -271,3 +272,18 @@ def test_a_scope_index_lost_in_a_crash_is_rebuilt_by_the_resync_repeat() -> None
         ("global:all", 500),
         ("team:a", 500),
     ]
+
+
+def test_a_slash_in_a_service_name_cannot_make_two_endpoints_share_a_scope() -> None:
+    assert endpoint_scope("a/v1", "/x") != endpoint_scope("a", "/v1/x")
+    assert endpoint_scope("a%2Fv1", "/x") != endpoint_scope("a/v1", "/x")
+    assert endpoint_scope("support", "/v1/answer") == "endpoint:support/v1/answer"
+    enricher = Enricher()
+    events = [
+        example_event(event_id=str(uuid.UUID(int=1)), service="a/v1", endpoint="/x"),
+        example_event(event_id=str(uuid.UUID(int=2)), service="a", endpoint="/v1/x"),
+    ]
+    rec = RecordAggregate()
+    rec.add_calls(enricher.enrich(e, e.to_json()) for e in events)
+    endpoint_calls = {sc: a.calls for (sc, _), a in rec.items() if sc.startswith("endpoint:")}
+    assert endpoint_calls == {"endpoint:a%2Fv1/x": 1, "endpoint:a/v1/x": 1}

@@ -57,6 +57,16 @@ def top_with_other(d: dict[str, int], k: int) -> dict[str, int]:
 
 
 def endpoint_scope(service: str, endpoint: str) -> str:
+    """``endpoint:<service>/<path>``, one name per (service, endpoint).
+
+    The first ``/`` ends the service, so a ``/`` (and the escape character ``%``) inside a
+    service name is percent-encoded: without it ``("a/v1", "/x")`` and ``("a", "/v1/x")``
+    shared a scope — one service's spend and alerts counted as another's. Service names
+    without ``/`` or ``%`` (all the usual ones) read as before. An endpoint without a leading
+    ``/`` is the same endpoint as with one.
+    """
+    if "/" in service or "%" in service:
+        service = service.replace("%", "%25").replace("/", "%2F")
     sep = "" if endpoint.startswith("/") else "/"
     return f"endpoint:{service}{sep}{endpoint}"
 
