@@ -8,8 +8,8 @@ against the real broker in test_emitter.py.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -178,7 +178,7 @@ def test_a_bad_timestamp_override_falls_back_to_the_measured_start_and_a_non_eve
     # the event is kept (it used to be dropped as invalid): the start time the tracker measured
     assert call.event is not None and before <= call.event.timestamp <= datetime.now(UTC)
     assert emitter.stats().repaired == {"field_dropped": 1}
-    with emitter.track("openai", "gpt-4o", timestamp=datetime(2025, 1, 1)) as naive:  # noqa: DTZ001
+    with emitter.track("openai", "gpt-4o", timestamp=datetime(2025, 1, 1)) as naive:
         pass
     assert naive.event is not None and naive.event.timestamp != datetime(2025, 1, 1, tzinfo=UTC)
     assert emitter.stats().repaired == {"field_dropped": 2}

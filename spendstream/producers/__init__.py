@@ -7,7 +7,13 @@
         call.set_response(resp)
 
 The module-level helpers use one process-wide :class:`Emitter` built from ``SPENDSTREAM_*``
-settings on first use; create your own ``Emitter`` for anything else.
+settings on first use; create your own ``Emitter`` for anything else. In your own tests, run
+them against a :class:`MemoryEmitter` (no Kafka; events land in ``.events``)::
+
+    with use_emitter(MemoryEmitter()) as mem:
+        with track("openai", "gpt-4o-mini") as call:
+            call.set_response(resp)
+    (event,) = mem.events
 
 Under an ASGI server, flush at shutdown: uvicorn re-raises SIGTERM after its shutdown, so
 ``atexit`` never runs and the last events (3 of 3 with ``PRODUCER_LINGER_MS=1000``) were lost.
@@ -20,14 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
 
 from ..events import LLMCallEvent
 from .asgi import SpendstreamMiddleware
-from .emitter import DropReason, Emitter, EmitterStats
+from .emitter import DropReason, Emitter, EmitterStats, MemoryEmitter
 from .tracking import CallContext, TrackedCall, call_context, classify_error
-from .usage import ExtractedUsage, StreamUsage, extract_usage
+from .usage import ExtractedUsage, NoUsage, StreamUsage, extract_usage
 
 __all__ = [
     "CallContext",
@@ -35,6 +41,8 @@ __all__ = [
     "Emitter",
     "EmitterStats",
     "ExtractedUsage",
+    "MemoryEmitter",
+    "NoUsage",
     "SpendstreamMiddleware",
     "StreamUsage",
     "TrackedCall",
@@ -47,9 +55,11 @@ __all__ = [
     "get_emitter",
     "spendstream_lifespan",
     "track",
+    "use_emitter",
 ]
 
 _default: Emitter | None = None
+E = TypeVar("E", bound=Emitter)
 _lock = threading.Lock()
 
 
@@ -61,6 +71,20 @@ def get_emitter() -> Emitter:
             if _default is None:
                 _default = Emitter()
     return _default
+
+
+@contextlib.contextmanager
+def use_emitter(emitter: E) -> Iterator[E]:
+    """Make ``emitter`` the process-wide one inside the block (``track()``, ``emit()``), e.g.
+    a :class:`MemoryEmitter` in a test; the previous one is restored after."""
+    global _default
+    with _lock:
+        previous, _default = _default, emitter
+    try:
+        yield emitter
+    finally:
+        with _lock:
+            _default = previous
 
 
 def emit(event: LLMCallEvent) -> bool:

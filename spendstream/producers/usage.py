@@ -514,11 +514,12 @@ def has_content(body: Mapping[str, Any]) -> bool:
     not. A chunk of no shape we know counts as content (the tracker's former rule)."""
     kind = body.get("type")
     if isinstance(kind, str):
-        if kind in _CONTENT_DELTAS:
-            return True
         if kind == "chunk" and isinstance(body.get("chunk"), Mapping):
             return has_content(body["chunk"])
-        return kind.startswith("response.") and kind.endswith(".delta")
+        if kind in _CONTENT_DELTAS or (kind.startswith("response.") and kind.endswith(".delta")):
+            # an empty delta (the helpers' first content.delta is "") is no token yet
+            return not any(body.get(k) == "" for k in ("delta", "text", "partial_json"))
+        return False
     choices = body.get("choices")
     if isinstance(choices, list):  # openai-compatible chat chunk
         return any(_delta_has_content(ch) for ch in choices)
