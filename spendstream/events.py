@@ -311,6 +311,14 @@ class TokenCounts(_Strict):
     cache_read_tokens: TokenCount = 0
     cache_creation_tokens: TokenCount = 0
     reasoning_tokens: TokenCount = 0
+    # the priced units of Usage (parts of the counts they name), 0 when not reported
+    cache_write_1h_tokens: TokenCount = 0
+    input_audio_tokens: TokenCount = 0
+    cache_audio_read_tokens: TokenCount = 0
+    output_audio_tokens: TokenCount = 0
+    input_image_tokens: TokenCount = 0
+    output_image_tokens: TokenCount = 0
+    web_searches: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 0
     estimated: bool = False
     """True when any count came from a tokenizer or heuristic instead of the provider."""
 
@@ -331,8 +339,12 @@ class TokenCounts(_Strict):
 class Cost(_Strict):
     """Exact USD cost, split into disjoint parts that sum to ``total``.
 
-    ``input`` prices uncached input tokens only; ``cache_read`` and ``cache_write`` the cached
-    ones; ``output`` non-reasoning output tokens; ``reasoning`` the reasoning tokens.
+    ``input`` prices uncached text input tokens only; ``cache_read`` (text) and ``cache_write``
+    (5-minute and 1-hour) the cached ones; ``output`` non-reasoning text output tokens;
+    ``reasoning`` the reasoning tokens; ``audio`` every audio token (input, cached input and
+    output), ``image`` every image token; ``web_search`` the per-search fees; ``request`` a
+    per-request fee. The last four are new in issue 14 and default to 0, so older enriched JSON
+    still parses (the request fee used to be part of ``input``).
     """
 
     input: Money
@@ -340,6 +352,10 @@ class Cost(_Strict):
     cache_write: Money = Decimal(0)
     output: Money
     reasoning: Money = Decimal(0)
+    audio: Money = Decimal(0)
+    image: Money = Decimal(0)
+    web_search: Money = Decimal(0)
+    request: Money = Decimal(0)
     total: Money
     currency: Literal["USD"] = "USD"
     price_source: Annotated[
@@ -352,7 +368,17 @@ class Cost(_Strict):
 
     @model_validator(mode="after")
     def _total_is_sum(self) -> Self:
-        parts = self.input + self.cache_read + self.cache_write + self.output + self.reasoning
+        parts = (
+            self.input
+            + self.cache_read
+            + self.cache_write
+            + self.output
+            + self.reasoning
+            + self.audio
+            + self.image
+            + self.web_search
+            + self.request
+        )
         if parts != self.total:
             raise ValueError(f"total {self.total} != sum of parts {parts}")
         return self
@@ -371,6 +397,9 @@ class EnrichedEvent(_Strict):
     cost: Cost | None = None
     price_unknown: bool = False
     """True when no price exists for the model: the cost is unknown, never a silent $0."""
+    price_unknown_reason: ShortText | None = None
+    """Why the cost is unknown when the model is priced: the usage was unreadable at the
+    producer (``usage_error``) or its parts exceed the whole (None: no price for the model)."""
     schema_version: Literal[1] = SCHEMA_VERSION
 
     @model_validator(mode="after")

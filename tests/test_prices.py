@@ -168,13 +168,12 @@ def test_override_file_negotiated_private_and_dated(tmp_path: Path) -> None:
     assert before is not None and before.source == "genai-prices"  # list price before
     private = book.row("internal", "acme-llm-70b", TS)
     assert private is not None
-    # $1 per 1000 requests = $0.001 per call, added to input
+    # $1 per 1000 requests = $0.001 per call, its own part (it was added to input before)
     assert private.cost(TokenCounts(input_tokens=1000, output_tokens=100)).total == (
         D("0.0004") + D("0.001") + D("0.00008")
     )
-    assert private.cost(TokenCounts(input_tokens=100_001, output_tokens=0)).input == (
-        D("0.0800008") + D("0.001")
-    )
+    long = private.cost(TokenCounts(input_tokens=100_001, output_tokens=0))
+    assert (long.input, long.request) == (D("0.0800008"), D("0.001"))  # 100,001 × $0.80/MTok
 
 
 def test_bad_override_file_names_the_entry(tmp_path: Path) -> None:

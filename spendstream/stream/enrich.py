@@ -41,9 +41,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..events import EnrichedEvent, LLMCallEvent, TokenCounts, describe_error
+from ..events import EnrichedEvent, LLMCallEvent, Operation, TokenCounts, Usage, describe_error
 from . import tokens as tk
-from .prices import PriceBook, PriceRow, usd_str
+from .prices import EXTRA_FIELDS, Parts, PriceBook, PriceRow, usd_str
 from .windows import RecordAggregate
 
 
@@ -71,6 +71,16 @@ class FinalTokens:
     cache_creation_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    extra: tuple[int, ...] | None = None
+    """The priced units beyond the five counts (:data:`~.prices.EXTRA_FIELDS`: 1-hour cache
+    writes, audio, images, web searches), None when all are 0: most calls, priced with five
+    multiplications."""
+
+    def units(self) -> dict[str, int]:
+        """The non-zero :data:`~.prices.EXTRA_FIELDS` counts by name."""
+        if self.extra is None:
+            return {}
+        return {k: n for k, n in zip(EXTRA_FIELDS, self.extra, strict=True) if n}
 
     def to_model(self) -> TokenCounts:
         return TokenCounts(
@@ -80,6 +90,7 @@ class FinalTokens:
             cache_creation_tokens=self.cache_creation_tokens,
             reasoning_tokens=self.reasoning_tokens,
             estimated=self.estimated,
+            **self.units(),
         )
 
 
@@ -89,11 +100,14 @@ class EnrichedCall:
 
     event: LLMCallEvent
     tokens: FinalTokens
-    parts_pico: tuple[int, int, int, int, int] | None
+    parts_pico: Parts | None
+    """The cost parts (:data:`~.prices.PARTS`); None: the cost is unknown."""
     row: PriceRow | None
     raw: bytes
     ts: float
     """Event time, epoch seconds (computed once: pricing and windows both need it)."""
+    unknown_reason: str | None = None
+    """Why a priced model's cost is still unknown (``usage_error``, inconsistent parts)."""
 
     @property
     def cost_pico(self) -> int:
@@ -117,19 +131,24 @@ class EnrichedCall:
             f'"cache_read_tokens":{t.cache_read_tokens},'
             f'"cache_creation_tokens":{t.cache_creation_tokens},'
             f'"reasoning_tokens":{t.reasoning_tokens},'
-            f'"estimated":{"true" if t.estimated else "false"}}}'
+            + "".join(f'"{k}":{n},' for k, n in t.units().items())
+            + f'"estimated":{"true" if t.estimated else "false"}}}'
         )
         if self.parts_pico is None or self.row is None:
-            tail = ',"price_unknown":true,"schema_version":1}'
+            why = self.unknown_reason
+            tail = (
+                ',"price_unknown_reason":' + json.dumps(why[:256]) if why else ""
+            ) + ',"price_unknown":true,"schema_version":1}'
             return b'{"event":' + event_json + (',"tokens":' + tok + tail).encode()
         p = self.parts_pico
-        # zero cache and reasoning parts are left out (the schema's default is 0)
+        # zero parts other than input and output are left out (the schema's default is 0)
         cost = (
             f'{{"input":"{usd_str(p[0])}",'
             + (f'"cache_read":"{usd_str(p[1])}",' if p[1] else "")
             + (f'"cache_write":"{usd_str(p[2])}",' if p[2] else "")
             + f'"output":"{usd_str(p[3])}",'
             + (f'"reasoning":"{usd_str(p[4])}",' if p[4] else "")
+            + (_rare_parts(p) if p[5] or p[6] or p[7] or p[8] else "")
             + f'"total":"{usd_str(sum(p))}",'
             + _cost_tail(self.row.source, self.row.version)
         )
@@ -144,6 +163,15 @@ class EnrichedCall:
                 + ',"price_unknown":false,"schema_version":1}'
             ).encode()
         )
+
+
+def _rare_parts(p: Parts) -> str:
+    """The audio, image, web-search and request parts that are not 0, as JSON members."""
+    return "".join(
+        f'"{name}":"{usd_str(v)}",'
+        for name, v in zip(("audio", "image", "web_search", "request"), p[5:], strict=True)
+        if v
+    )
 
 
 @lru_cache(maxsize=256)
@@ -228,8 +256,32 @@ def _plain(v: Any) -> Any:
     return v
 
 
+OUTPUTLESS = frozenset({Operation.EMBEDDINGS, Operation.RERANK})
+"""Operations that produce no output tokens: a reported input alone is the whole usage."""
+
+
+def _extra(u: Usage) -> tuple[int, ...] | None:
+    """The EXTRA_FIELDS counts of ``u`` (None when none is reported: the common call)."""
+    if (
+        u.cache_write_1h_tokens is None
+        and u.input_audio_tokens is None
+        and u.cache_audio_read_tokens is None
+        and u.output_audio_tokens is None
+        and u.input_image_tokens is None
+        and u.output_image_tokens is None
+        and u.web_searches is None
+    ):
+        return None
+    ext = tuple(getattr(u, f) or 0 for f in EXTRA_FIELDS)
+    return ext if any(ext) else None
+
+
 def final_tokens(ev: LLMCallEvent) -> FinalTokens:
-    """Provider-reported counts win; a missing count is estimated (or 0) and flagged."""
+    """Provider-reported counts win; a missing count is estimated (or 0) and flagged.
+
+    An embedding or rerank call whose input was reported has 0 output tokens, exactly (it
+    produces none): not an estimate.
+    """
     u = ev.usage
     estimated = False
     cache_read = u.cache_read_tokens or 0
@@ -248,6 +300,8 @@ def final_tokens(ev: LLMCallEvent) -> FinalTokens:
             )
         inp = max(est, cache_read + cache_write)
     out = u.output_tokens
+    if out is None and ev.operation in OUTPUTLESS and u.input_tokens is not None:
+        out = 0
     if out is None:
         estimated = True
         est = 0
@@ -256,7 +310,7 @@ def final_tokens(ev: LLMCallEvent) -> FinalTokens:
                 ev.provider, ev.response_model or ev.request_model, ev.response_text
             )
         out = max(est, reasoning)
-    return FinalTokens(inp, out, cache_read, cache_write, reasoning, estimated)
+    return FinalTokens(inp, out, cache_read, cache_write, reasoning, estimated, _extra(u))
 
 
 @dataclass
@@ -291,18 +345,29 @@ class Enricher:
         self.now = now
 
     def price(self, ev: LLMCallEvent, seconds: float | None = None) -> PriceRow | None:
+        """The price row of the call's model at its time and service tier (None: unknown)."""
         t = ev.timestamp.timestamp() if seconds is None else seconds
+        tier = ev.service_tier
         if ev.response_model:
-            row = self.book.row_at(ev.provider, ev.response_model, t)
+            row = self.book.row_at(ev.provider, ev.response_model, t, tier)
             if row is not None:
                 return row
-        return self.book.row_at(ev.provider, ev.request_model, t)
+        return self.book.row_at(ev.provider, ev.request_model, t, tier)
 
     def enrich(self, ev: LLMCallEvent, raw: bytes, t: float | None = None) -> EnrichedCall:
+        """Final tokens and cost of one call. A ``usage_error`` call is priced as unknown
+        (its counts are not the provider's): never an estimate of zero tokens."""
         toks = final_tokens(ev)
         t = ev.timestamp.timestamp() if t is None else t
         row = self.price(ev, t)
-        parts = row.cost_pico(toks) if row is not None else None
+        if row is None:
+            return EnrichedCall(ev, toks, None, None, raw, t)
+        if ev.usage_error is not None:
+            return EnrichedCall(ev, toks, None, row, raw, t, f"usage unreadable: {ev.usage_error}")
+        parts = row.cost_pico(toks)
+        if parts is None:
+            why = f"usage parts exceed the whole: {ev.usage.model_dump(exclude_none=True)}"
+            return EnrichedCall(ev, toks, None, row, raw, t, why)
         return EnrichedCall(ev, toks, parts, row, raw, t)
 
     def total_pico(self, events: Iterable[LLMCallEvent]) -> int:
