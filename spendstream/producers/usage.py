@@ -226,6 +226,9 @@ def _usage_payload(body: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | N
     if isinstance(meta, Mapping):
         return "gemini", meta
     usage = body.get("usage")
+    groq = body.get("x_groq")
+    if usage is None and isinstance(groq, Mapping):
+        usage = groq.get("usage")  # groq streams: the last chunk's x_groq.usage
     if usage is None and isinstance(body.get("meta"), Mapping):
         usage = body["meta"]  # cohere embed/rerank: meta.billed_units
         if "billed_units" not in usage:
@@ -601,7 +604,7 @@ class StreamUsage:
             self._merge_anthropic(inner["usage"])  # the helper's snapshot: final counts
             self._anthropic_final = True
             return
-        if inner.get("usage") or inner.get("usageMetadata"):
+        if _usage_payload(inner) is not None:
             self._final = dict(inner)
 
     def _merge_anthropic(self, usage: Any) -> None:
