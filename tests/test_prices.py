@@ -11,7 +11,7 @@ import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 
-from spendstream.events import TokenCounts
+from spendstream.events import ServiceTier, TokenCounts
 from spendstream.stream.prices import PriceBook, load_overrides, pico_per_token
 
 TS = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -187,3 +187,102 @@ def test_pico_conversion_is_exact() -> None:
     assert pico_per_token(D("0.15")) == 150_000
     assert pico_per_token(D("0.075")) == 75_000
     assert pico_per_token(D("15")) == 15_000_000
+
+
+TS_DEC = datetime(2026, 12, 1, 12, tzinfo=UTC)  # after genai-prices' tier verification dates
+GPT5 = TokenCounts(input_tokens=10_000, output_tokens=1_000, cache_read_tokens=2_000,
+                   reasoning_tokens=600)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tier", "total"),
+    [
+        # standard $1.25 in / $0.125 cached / $10 out per MTok:
+        # 8,000 × 1.25e-6 + 2,000 × 0.125e-6 + 1,000 × 10e-6 = 0.01 + 0.00025 + 0.01
+        (None, "0.02025"),
+        (ServiceTier.STANDARD, "0.02025"),
+        # flex $0.625 / $0.0625 / $5: 0.005 + 0.000125 + 0.005 (half; it was priced 2x)
+        (ServiceTier.FLEX, "0.010125"),
+        # priority $2.5 / $0.25 / $20: 0.02 + 0.0005 + 0.02
+        (ServiceTier.PRIORITY, "0.0405"),
+        # OpenAI Batch $0.625 / $0.0625 / $5, as flex
+        (ServiceTier.BATCH, "0.010125"),
+    ],
+)
+def test_service_tier_selects_the_price_variant(tier: ServiceTier | None, total: str) -> None:
+    row = PriceBook().row("openai", "gpt-5", TS_DEC, tier)
+    assert row is not None
+    assert row.cost(GPT5).total == D(total)
+
+
+# claude-sonnet-4: $3 in, $0.30 cache read, $3.75 5-minute write, $6 1-hour write, $15 out per
+# MTok, $10 per 1000 web searches. 10,000 input = 1,000 uncached + 4,000 read + 2,000 5-minute
+# + 3,000 1-hour writes; 500 output; 3 searches.
+SONNET = TokenCounts(
+    input_tokens=10_000,
+    output_tokens=500,
+    cache_read_tokens=4_000,
+    cache_creation_tokens=5_000,
+    cache_write_1h_tokens=3_000,
+    web_searches=3,
+)
+
+
+def test_one_hour_cache_writes_and_web_searches_hand_computed() -> None:
+    row = PriceBook().row("anthropic", "claude-sonnet-4-0", TS_DEC)
+    assert row is not None
+    c = row.cost(SONNET)
+    assert c.input == D("0.003")  # 1,000 × 3e-6
+    assert c.cache_read == D("0.0012")  # 4,000 × 0.3e-6
+    assert c.cache_write == D("0.0255")  # 2,000 × 3.75e-6 + 3,000 × 6e-6 (was all at 3.75)
+    assert c.output == D("0.0075")  # 500 × 15e-6
+    assert c.web_search == D("0.03")  # 3 × $0.01 (was dropped)
+    assert c.total == D("0.0672")
+
+
+def test_anthropic_batch_is_half_where_genai_prices_has_no_batch_price() -> None:
+    row = PriceBook().row("anthropic", "claude-sonnet-4-0", TS_DEC, ServiceTier.BATCH)
+    assert row is not None and row.version is not None and row.version.endswith("+batch50")
+    c = row.cost(SONNET)
+    # tokens at half: 0.0015 + 0.0006 + 0.01275 + 0.00375; searches stay $0.01 each
+    assert (c.total, c.web_search) == (D("0.0486"), D("0.03"))
+    ref = calc_price(
+        GPUsage(input_tokens=10_000, output_tokens=500, cache_read_tokens=4_000,
+                cache_write_tokens=5_000, cache_write_1h_tokens=3_000),
+        "claude-sonnet-4-0", provider_id="anthropic", genai_request_timestamp=TS_DEC,
+        price_context={"processing": "batch"},
+    )  # fmt: skip
+    assert ref.total_price == D("0.0372")  # genai-prices: the full standard price (2x the bill)
+
+
+def test_realtime_audio_and_image_units_hand_computed() -> None:
+    # gpt-realtime: $4 text in, $0.40 cached text, $32 audio in, $0.40 cached audio, $5 image
+    # in, $16 text out, $64 audio out per MTok. Input 10,000 = 1,500 text + 2,000 cached text
+    # + 1,000 cached audio + 5,000 audio + 500 image; output 2,000 = 500 text + 1,500 audio.
+    row = PriceBook().row("openai", "gpt-realtime", TS_DEC)
+    assert row is not None
+    tok = TokenCounts(input_tokens=10_000, output_tokens=2_000, cache_read_tokens=3_000,
+                      input_audio_tokens=6_000, cache_audio_read_tokens=1_000,
+                      input_image_tokens=500, output_audio_tokens=1_500)  # fmt: skip
+    c = row.cost(tok)
+    assert (c.input, c.cache_read, c.output) == (D("0.006"), D("0.0008"), D("0.008"))
+    assert c.audio == D("0.2564")  # 1,000 × 0.4e-6 + 5,000 × 32e-6 + 1,500 × 64e-6
+    assert c.image == D("0.0025")  # 500 × 5e-6
+    assert c.total == D("0.2737")  # before: 10,000 × ... as text, 0.0632 (4.3x under)
+
+
+def test_parts_beyond_the_whole_are_not_priced() -> None:
+    row = PriceBook().row("openai", "gpt-realtime", TS_DEC)
+    assert row is not None
+    bad = TokenCounts(input_tokens=100, output_tokens=0, input_audio_tokens=100,
+                      input_image_tokens=100)  # fmt: skip
+    with pytest.raises(ValueError, match="parts exceed"):
+        row.cost(bad)
+
+
+def test_priced_only_in_uncountable_units_is_unknown_and_free_is_zero() -> None:
+    book = PriceBook()
+    assert book.row("groq", "whisper-large-v3", TS_DEC) is None  # audio hours: not countable
+    free = book.row("google", "gemma-3", TS_DEC)  # listed without a price: free in genai-prices
+    assert free is not None
+    assert free.cost(TokenCounts(input_tokens=1000, output_tokens=10)).total == 0

@@ -21,12 +21,15 @@ unit's tiers are resolved on the union of the starts. A per-request fee is its o
 
 The service tier selects genai-prices' *price variant* (``price_context``): flex and priority
 are ``{"service_tier": …}``, batch is ``{"processing": "batch"}``; a model without a variant for
-the tier keeps its standard prices for it, as ``calc_price`` does.
+the tier keeps its standard prices for it, as ``calc_price`` does — except Anthropic batch,
+whose flat 50% genai-prices lacks for many models (:data:`BATCH_HALF_PROVIDERS`; such a row's
+``version`` ends in ``+batch50``).
 
 Never a silent $0: a usage whose disjoint parts exceed the whole (audio + image + cached tokens
 beyond ``input_tokens``, reasoning + audio + image beyond ``output_tokens``) is priced as unknown
 (:meth:`PriceRow.cost_pico` returns None), and a model priced only in units the schema cannot
-count (audio hours, characters, pages) has no row.
+count (audio hours, characters, pages) has no row. A model listed with no price at all is
+free in genai-prices (``:free`` models, "included in the subscription"): exactly $0.
 
 A user override file (TOML) takes precedence: negotiated prices, private models, effective
 dates, per service tier. See :func:`load_overrides`.
@@ -347,16 +350,45 @@ def _priced_units(mp: Any) -> dict[str, tuple[Any, Any]] | None:
 
 
 def _tier(
-    priced: Mapping[str, tuple[Any, Any]], atoms: Mapping[str, Any], s: int | None
+    priced: Mapping[str, tuple[Any, Any]],
+    atoms: Mapping[str, Any],
+    s: int | None,
+    token_factor: Decimal = Decimal(1),
 ) -> TierPrices:
+    """One tier's atom prices; ``token_factor`` scales token prices (not per-search fees)."""
     prices: dict[str, int] = {}
     for field, _ in _ATOMS:
         unit = atoms.get(field)
         if unit is None:
             prices[field] = 0
-        else:
-            prices[field] = pico_per_unit(_applicable(priced[unit.usage_key][1], s), unit.per)
+            continue
+        price = _applicable(priced[unit.usage_key][1], s)
+        if unit.dimensions.get("family") == "tokens":
+            price *= token_factor
+        prices[field] = pico_per_unit(price, unit.per)
     return TierPrices(start=s or 0, **prices)
+
+
+BATCH_HALF_PROVIDERS = frozenset({"anthropic"})
+"""Providers whose batch API is a flat 50% off every token price of every model (Anthropic's
+Message Batches: input, output, cache writes and reads): a batch call of a model genai-prices
+0.2.3 has no active batch variant for (claude-sonnet-4-0, claude-opus-4-1, claude-3-7-sonnet,
+claude-3-5-haiku, …; the newer ones only from 2026-10-14) is priced at half the standard token
+prices instead of the full standard price ``calc_price`` would charge (2x the bill)."""
+
+
+def _batch_factor(found: tuple[Any, Any], when: datetime, tier: ServiceTier | None) -> Decimal:
+    """0.5 where genai-prices lacks the batch price of a BATCH_HALF_PROVIDERS model, else 1."""
+    prov, info = found
+    if tier is not ServiceTier.BATCH or prov.id not in BATCH_HALF_PROVIDERS:
+        return Decimal(1)
+    ctx = PRICE_CONTEXT[tier] or {}
+    for v in info.price_variants or ():
+        if v.constraint is not None and not v.constraint.active(when):
+            continue
+        if all(ctx.get(k) == val for k, val in v.when.items()):
+            return Decimal(1)
+    return Decimal("0.5")
 
 
 def _find(provider: str, model: str) -> tuple[Any, Any] | None:
@@ -391,19 +423,21 @@ def _row_from_genai(
         return None
     atoms = _atom_units({k: u for k, (u, _) in priced.items() if k != "requests"})
     req = priced.get("requests")
-    if not atoms and req is None:
+    if priced and not atoms and req is None:
         return None  # priced only in units we cannot count: unknown, never $0
+    # (no price at all is genai-prices' spelling of free: ":free" models, subscriptions)
     starts = sorted(
         {t.start for _, v in priced.values() if isinstance(v, TieredPrices) for t in v.tiers}
     )
+    half = _batch_factor(found, when, tier)
     return PriceRow(
         provider=prov.id,
         model=info.id,
-        base=_tier(priced, atoms, None),
-        tiers=tuple(_tier(priced, atoms, s) for s in starts),
+        base=_tier(priced, atoms, None, half),
+        tiers=tuple(_tier(priced, atoms, s, half) for s in starts),
         request_pico=pico_per_unit(_applicable(req[1], None), req[0].per) if req else 0,
         source="genai-prices",
-        version=gp_version,
+        version=gp_version if half == 1 else f"{gp_version}+batch50",
     )
 
 
