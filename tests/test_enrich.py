@@ -197,3 +197,79 @@ def test_a_record_dead_lettered_whole_keeps_no_text_of_any_line() -> None:
     assert [json.loads(out[i]).get("prompt_text_chars") for i in (0, 2, 4)] == [8, 8, 8]
     assert b"secret" not in b"\n".join(out)
     assert redact_record(value, keep_text=True) == value
+
+
+REALTIME_TS = "2026-12-01T12:00:00Z"
+
+
+def test_usage_error_prices_as_unknown_with_the_reason_and_is_counted() -> None:
+    from spendstream.sinks.metrics import PipelineMetrics
+
+    ev = example_event(usage={"input_tokens": 1200}, usage_error="cached_tokens > prompt_tokens")
+    call = ENRICHER.enrich(ev, ev.to_json())
+    assert call.parts_pico is None and call.cost_pico == 0
+    model = EnrichedEvent.from_json(call.to_json())
+    assert model.price_unknown and model.cost is None
+    assert model.price_unknown_reason == "usage unreadable: cached_tokens > prompt_tokens"
+    assert model.tokens.input_tokens == 1200  # what could be read is kept
+    m = PipelineMetrics()
+    m.add_calls([call, call, ENRICHER.enrich(example_event(), example_event().to_json())])
+    assert m.usage_unreadable == {"openai": 2}
+    assert sum(m.price_unknown.values()) == 2
+
+
+def test_embeddings_with_reported_input_are_exact_not_estimated() -> None:
+    # text-embedding-3-small: $0.02/MTok; 1,000 tokens = $0.00002
+    ev = example_event(
+        operation="embeddings",
+        request_model="text-embedding-3-small",
+        response_model=None,
+        usage={"input_tokens": 1000},
+    )
+    call = ENRICHER.enrich(ev, ev.to_json())
+    assert (call.tokens.output_tokens, call.tokens.estimated) == (0, False)
+    assert call.cost_pico == 1000 * 20_000  # 20,000 pico per token
+
+
+def test_new_units_and_tier_reach_the_enriched_json_and_metrics() -> None:
+    from spendstream.sinks.metrics import PipelineMetrics
+
+    # gpt-realtime, as in test_prices: 1,500 text + 2,000 cached text + 1,000 cached audio
+    # + 5,000 audio + 500 image in, 500 text + 1,500 audio out = $0.2737
+    usage = {"input_tokens": 10_000, "output_tokens": 2_000, "cache_read_tokens": 3_000,
+             "input_audio_tokens": 6_000, "cache_audio_read_tokens": 1_000,
+             "input_image_tokens": 500, "output_audio_tokens": 1_500}  # fmt: skip
+    ev = example_event(
+        timestamp=REALTIME_TS, request_model="gpt-realtime", response_model=None, usage=usage
+    )
+    call = ENRICHER.enrich(ev, ev.to_json())
+    model = EnrichedEvent.from_json(call.to_json())
+    assert model == call.to_model()
+    assert model.cost is not None
+    assert (model.cost.audio, model.cost.image) == (Decimal("0.2564"), Decimal("0.0025"))
+    assert model.cost.total == Decimal("0.2737")
+    assert model.tokens.input_audio_tokens == 6000 and model.tokens.output_audio_tokens == 1500
+    m = PipelineMetrics()
+    m.add_calls([call])
+    by_type = {typ: n for (_, typ), n in m.tokens.items()}
+    assert by_type == {"input": 10_000, "output": 2_000, "cache_read": 3_000,
+                       "audio_input": 6_000, "audio_cache_read": 1_000, "audio_output": 1_500,
+                       "image_input": 500}  # fmt: skip
+    # flex on gpt-5: 1,200 in (1,024 cached) / 350 out at $0.625 / $0.0625 / $5 per MTok
+    flex = example_event(
+        timestamp=REALTIME_TS, request_model="gpt-5", response_model=None, service_tier="flex"
+    )
+    c = ENRICHER.enrich(flex, flex.to_json())
+    assert c.cost_pico == 176 * 625_000 + 1024 * 62_500 + 350 * 5_000_000  # $0.001924
+
+
+def test_older_enriched_json_still_parses() -> None:
+    old = (
+        b'{"event":' + example_event().to_json() + b',"tokens":{"input_tokens":1200,'
+        b'"output_tokens":350,"cache_read_tokens":1024,"cache_creation_tokens":0,'
+        b'"reasoning_tokens":0,"estimated":false},"cost":{"input":"0.0000264",'
+        b'"cache_read":"0.0000768","output":"0.00021","total":"0.0003132","currency":"USD",'
+        b'"price_source":"genai-prices"},"price_unknown":false,"schema_version":1}'
+    )
+    model = EnrichedEvent.from_json(old)
+    assert model.cost is not None and model.cost.audio == 0 and model.tokens.web_searches == 0

@@ -13,7 +13,7 @@ holding the GIL (issue 13). Once the cap is reached, a call with a label set not
 counted under ``other`` for every free-text label (service, endpoint, provider, model, team;
 status is an enum and kept), and in ``spendstream_metric_labels_overflow_total{family}``. So
 each ``spendstream_llm_*`` family has at most cap + one ``other`` set per status (the token
-family × 5 token types), each ``gen_ai_*`` family at most cap + 1 (× 2 token types); the sums
+family × 12 token types), each ``gen_ai_*`` family at most cap + 1 (× 2 token types); the sums
 over a family stay exact. The check is one dict lookup per call.
 """
 
@@ -39,7 +39,14 @@ if TYPE_CHECKING:
 
 LABELS = ("service", "endpoint", "provider", "model", "team", "status")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
-TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning", "cache_write_1h",
+               "audio_input", "audio_cache_read", "audio_output", "image_input", "image_output",
+               "web_searches")  # fmt: skip
+"""``spendstream_llm_tokens_total{type}``: the five counts, then the priced units (each a part
+of a count above: ``cache_write_1h`` of ``cache_write``, ``audio_input``/``image_input`` of
+``input``, ``audio_cache_read`` of ``cache_read``, ``audio_output``/``image_output`` of
+``output``; ``web_searches`` counts searches, not tokens). Twelve, fixed."""
+_EXTRA_TYPES = TOKEN_TYPES[5:]  # in the order of FinalTokens.extra (prices.EXTRA_FIELDS)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                  16777216, 67108864)  # fmt: skip
 """OTel ``gen_ai.client.token.usage`` advisory boundaries."""
@@ -111,6 +118,9 @@ class PipelineMetrics(Collector):
         self.cache_saved_pico: dict[Key, int] = {}
         self.estimated: dict[Key, int] = {}
         self.price_unknown: dict[Key, int] = {}
+        self.usage_unreadable: dict[str, int] = {}
+        """Calls whose usage the producer could not read, by provider (capped like labels)."""
+        self._providers = LabelCap(max_label_sets)
         self.latency: dict[Key, _Hist] = {}
         self.ttft: dict[Key, _Hist] = {}
         self.genai_tokens: dict[tuple[Key, str], _Hist] = {}
@@ -138,6 +148,13 @@ class PipelineMetrics(Collector):
             ):
                 if n:
                     self.tokens[(key, typ)] = self.tokens.get((key, typ), 0) + n
+            if t.extra is not None:
+                for typ, n in zip(_EXTRA_TYPES, t.extra, strict=True):
+                    if n:
+                        self.tokens[(key, typ)] = self.tokens.get((key, typ), 0) + n
+            if ev.usage_error is not None:
+                (prov,) = self._providers.key((ev.provider,))
+                self.usage_unreadable[prov] = self.usage_unreadable.get(prov, 0) + 1
             if ev.cache_hit:
                 self.cache_hits[key] = self.cache_hits.get(key, 0) + 1
                 if ev.cache_saved_usd:
@@ -203,6 +220,14 @@ class PipelineMetrics(Collector):
             "Calls of models without a known price",
             self.price_unknown,
         )
+        unreadable = CounterMetricFamily(
+            "spendstream_usage_unreadable",
+            "Calls whose provider usage could not be read (priced as unknown), by provider",
+            labels=["provider"],
+        )
+        for prov, n in sorted(self.usage_unreadable.items()):
+            unreadable.add_metric([prov], n)
+        yield unreadable
         for name, doc, data in (
             ("spendstream_llm_latency_seconds", "Call latency", self.latency),
             ("spendstream_llm_time_to_first_token_seconds", "Time to first token", self.ttft),
