@@ -12,6 +12,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -465,11 +466,59 @@ def test_unreadable_usage_is_a_prometheus_counter(mem: MemoryEmitter) -> None:
 
 
 def test_track_overrides_event_time_and_timings(mem: MemoryEmitter) -> None:
-    from datetime import UTC, datetime
-
     when = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
     with track("openai", "gpt-4o", timestamp=when, latency_ms=1234.5, ttft_ms=210.0) as call:
         call.set_response(CHAT)
     (ev,) = mem.events
     assert (ev.timestamp, ev.latency_ms, ev.ttft_ms) == (when, 1234.5, 210.0)
     assert mem.stats().repaired == {} and mem.stats().delivered == 1
+
+
+# --- on the real stack: SDK -> Kafka -> worker -> PostgreSQL ----------------------------------
+def _deepseek_cost(ts: datetime) -> Decimal:
+    """genai-prices 0.2.3's deepseek-chat prices depend on the time of day (UTC): 00:30-16:30
+    $0.27 miss / $0.07 hit / $1.10 out, else $0.135 / $0.035 / $0.55."""
+    minutes = ts.hour * 60 + ts.minute
+    if 30 <= minutes < 16 * 60 + 30:
+        return Decimal("0.00037")  # 400 x 0.27/M + 600 x 0.07/M + 200 x 1.10/M
+    return Decimal("0.000185")  # 400 x 0.135/M + 600 x 0.035/M + 200 x 0.55/M
+
+
+@pytest.mark.stack
+def test_bedrock_deepseek_and_xai_calls_land_in_postgres_at_their_exact_cost(
+    stack: Any, tmp_path: Any
+) -> None:
+    from spendstream.producers import Emitter
+    from tests.books import migrated_db, query
+    from tests.stream_helpers import sink_process, wait_for, workers
+
+    golden = {c["id"]: c for c in _golden_cases()}
+    s, env = migrated_db(stack, "sdkcost")
+    ts = datetime.now(UTC) - timedelta(seconds=5)
+    calls = [
+        ("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0",
+         "bedrock-converse-claude-cache-read",
+         Decimal("0.0004576")),  # 4 x 0.80/M + 1030 x 0.08/M + 93 x 4/M
+        ("deepseek", "deepseek-chat", "deepseek-cache-hit", _deepseek_cost(ts)),
+        ("xai", "grok-3-mini", "xai-reasoning-excluded-from-completion",
+         Decimal("0.000205")),  # 100 x 0.30/M + (50 + 300 reasoning) x 0.50/M
+    ]  # fmt: skip
+    emitter = Emitter(s, register_atexit=False)
+    with workers(env, 1, tmp_path), sink_process(env, tmp_path):
+        for provider, model, case, _ in calls:
+            with emitter.track(provider, model, endpoint="/e2e", timestamp=ts) as call:
+                call.set_response(golden[case]["response"])
+        assert emitter.flush(30) == 0
+        emitter.close(5)
+        sql = "SELECT count(*) FROM llm_calls"
+        wait_for(lambda: query(s, sql) == 3, 120, "3 rows in PostgreSQL")
+    for provider, _, _, expected in calls:
+        got = query(s, "SELECT cost_usd FROM llm_calls WHERE provider = $1", provider)
+        assert Decimal(got) == expected, provider
+    assert query(s, "SELECT count(*) FROM llm_calls WHERE tokens_estimated") == 0
+
+
+def _golden_cases() -> list[dict[str, Any]]:
+    from tests.test_golden_costs import CASES
+
+    return CASES
