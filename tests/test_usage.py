@@ -297,3 +297,101 @@ def test_stream_chunks_of_unknown_shape_never_raise_into_the_host() -> None:
     s.observe({"type": "message_start", "message": {"usage": ["nope"]}})
     assert s.chunks == 3
     assert s.result() is None
+
+
+def _genai_provider_ids() -> list[str]:
+    from genai_prices.data_snapshot import get_snapshot
+
+    return sorted(p.id for p in get_snapshot().providers)
+
+
+def test_every_genai_prices_provider_id_is_accepted_and_yields_usage() -> None:
+    """ "no usage extractor" used to leave six providers' calls with empty usage ($0 estimated):
+    every id genai-prices knows is a valid schema provider and reads an OpenAI-shaped body."""
+    from datetime import UTC, datetime
+
+    from spendstream.events import LLMCallEvent
+
+    ids = _genai_provider_ids()
+    assert len(ids) >= 40 and {"aws", "deepseek", "mistral", "x-ai", "groq", "openrouter"} <= set(
+        ids
+    )
+    body = {
+        "model": "m",
+        "usage": {"prompt_tokens": 1200, "completion_tokens": 350,
+                  "prompt_tokens_details": {"cached_tokens": 1024},
+                  "completion_tokens_details": {"reasoning_tokens": 100}},
+    }  # fmt: skip
+    for pid in ids:
+        got = extract_usage(pid, body)
+        # xAI's completion_tokens exclude reasoning: 350 + 100; everyone else's include it
+        out = 450 if pid == "x-ai" else 350
+        assert got.usage == Usage(
+            input_tokens=1200, output_tokens=out, cache_read_tokens=1024, reasoning_tokens=100
+        ), pid
+        assert got.error is None
+        LLMCallEvent(
+            timestamp=datetime.now(UTC), service="s", endpoint="/", provider=pid, request_model="m"
+        )
+
+
+@pytest.mark.parametrize(
+    ("alias", "genai_id"),
+    [("bedrock", "aws"), ("amazon-bedrock", "aws"), ("xai", "x-ai"), ("gemini", "google"),
+     ("google-vertex", "google"), ("azure-openai", "azure"), ("together-ai", "together"),
+     ("fireworks-ai", "fireworks"), ("mistralai", "mistral"), ("DeepSeek", "deepseek"),
+     ("my-own-gateway", "my-own-gateway")],
+)  # fmt: skip
+def test_provider_aliases_resolve_to_genai_prices_ids(alias: str, genai_id: str) -> None:
+    from spendstream.producers.usage import provider_id
+
+    assert provider_id(alias) == genai_id
+
+
+@pytest.mark.parametrize(
+    ("chunk", "content"),
+    [
+        ({"type": "message_start", "message": {"usage": {"input_tokens": 3}}}, False),
+        ({"type": "ping"}, False),
+        ({"type": "content_block_start", "index": 0, "content_block": {"text": ""}}, False),
+        ({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "a"}}, True),
+        ({"type": "response.created", "response": {}}, False),
+        ({"type": "response.output_text.delta", "delta": "a"}, True),
+        ({"type": "response.output_text.delta", "delta": ""}, False),
+        ({"type": "content.delta", "delta": ""}, False),
+        ({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, False),
+        ({"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]}, True),
+        ({"choices": [], "usage": {"prompt_tokens": 1}}, False),
+        ({"candidates": [{"content": {"parts": [{"text": "a"}]}}]}, True),
+        ({"messageStart": {"role": "assistant"}}, False),
+        ({"contentBlockDelta": {"delta": {"text": "a"}}}, True),
+        ("a token", True),
+    ],
+)
+def test_only_content_sets_the_first_token(chunk: Any, content: bool) -> None:
+    assert StreamUsage("openai").observe(chunk) is content
+
+
+def test_a_unit_part_above_its_count_is_dropped_the_count_kept() -> None:
+    from spendstream.producers.repair import repair_usage
+
+    got = repair_usage({"input_tokens": 10, "output_tokens": 5, "input_audio_tokens": 50,
+                        "cache_creation_tokens": 4, "cache_write_1h_tokens": 9})  # fmt: skip
+    assert got == Usage(input_tokens=10, output_tokens=5, cache_creation_tokens=4)
+
+
+def test_a_payload_with_a_bad_count_keeps_the_rest_and_says_why() -> None:
+    got = extract_usage(
+        "anthropic",
+        {"type": "message", "usage": {"input_tokens": 10, "output_tokens": -3,
+                                      "cache_read_input_tokens": 5}},
+    )  # fmt: skip
+    assert got.usage == Usage(input_tokens=15, cache_read_tokens=5)
+    assert got.error == "not a token count: usage.output_tokens"
+
+
+def test_openrouter_cost_out_of_range_is_refused_and_said() -> None:
+    got = extract_usage(
+        "openrouter", {"usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost": "1e400"}}
+    )
+    assert got.provider_cost_usd is None and got.error == "usage.cost is out of range"

@@ -63,6 +63,17 @@ _TAG_KEY = re.compile(rf"^[A-Za-z0-9_.:/-]{{1,{MAX_TAG_KEY_CHARS}}}$")
 _REQUIRED = {"service": "unknown", "endpoint": "unknown", "request_model": "unknown"}
 _TEXT_FIELDS = ("prompt_text", "response_text")
 _USAGE_KEYS = tuple(Usage.model_fields)
+_UNIT_PARTS = (
+    ("cache_write_1h_tokens", "cache_creation_tokens"),
+    ("cache_audio_read_tokens", "cache_read_tokens"),
+    ("cache_audio_read_tokens", "input_audio_tokens"),
+    ("input_audio_tokens", "input_tokens"),
+    ("input_image_tokens", "input_tokens"),
+    ("output_audio_tokens", "output_tokens"),
+    ("output_image_tokens", "output_tokens"),
+)
+"""(part, whole) of the priced units (issue 14): a part only refines how its whole is priced,
+so when it exceeds the whole the part is the count left out (the whole is still billed)."""
 
 OPERATION_ALIASES: dict[str, Operation] = {
     "chat.completions": Operation.CHAT,
@@ -144,12 +155,17 @@ def _count(value: Any) -> int | None:
 def repair_usage(tokens: Mapping[str, Any]) -> Usage:
     """Usage from counts the schema refused, keeping every count that can be trusted.
 
-    An invalid count (negative, not an int, above MAX_TOKENS) is dropped. When the parts exceed
+    An invalid count (negative, not an int, above MAX_TOKENS) is dropped. A priced-unit part
+    (audio, image, 1-hour writes) above its count is dropped. When the cache/reasoning parts exceed
     the whole (cache tokens above ``input_tokens``, reasoning above ``output_tokens``) the
     *whole* is dropped and the parts kept: the worker then sets it to max(estimate, parts) and
     flags the call ``estimated``, a lower bound instead of a guess at which number was wrong.
     """
     got = {k: _count(tokens.get(k)) for k in _USAGE_KEYS}
+    for part, whole in _UNIT_PARTS:  # a unit part above its count: the part is dropped
+        p, w = got[part], got[whole]
+        if p is not None and w is not None and p > w:
+            got[part] = None
     cached = (got["cache_read_tokens"] or 0) + (got["cache_creation_tokens"] or 0)
     if got["input_tokens"] is not None and cached > got["input_tokens"]:
         got["input_tokens"] = None
