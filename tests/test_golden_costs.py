@@ -173,6 +173,8 @@ GENAI_EXTRACTOR_DIFFERS = {
     "together-chat": "no extractor for together",
     "voyage-embeddings": "no extractor for voyageai",
     "openai-whisper-duration": "usage in seconds (we send usage_error instead)",
+    "openai-batch-output-line": "does not read a Batch output line (custom_id envelope)",
+    "anthropic-message-batch-result": "does not read a batch results line (custom_id envelope)",
 }
 """Where genai-prices 0.2.3's own ``extract_usage`` reads a golden body differently from us
 (the README lists these); every other body it reads as we do, with some api_flavor."""

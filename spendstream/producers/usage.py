@@ -172,6 +172,24 @@ def _unwrap(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return body
 
 
+def _batch_result(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The response inside one line of a batch's results, or None if ``body`` is not one.
+
+    OpenAI Batch output: ``{"custom_id", "response": {"status_code", "body": {...}}}`` (the
+    body says ``service_tier: "default"``, yet it is billed at the batch price); Anthropic
+    Message Batches results: ``{"custom_id", "result": {"type": "succeeded", "message"}}``.
+    """
+    if "custom_id" not in body:
+        return None
+    resp, res = body.get("response"), body.get("result")
+    inner: Any = None
+    if isinstance(resp, Mapping):
+        inner = resp.get("body")
+    elif isinstance(res, Mapping):
+        inner = res.get("message")
+    return inner if isinstance(inner, Mapping) else None
+
+
 def model_of(body: Mapping[str, Any]) -> str | None:
     return next((body[k] for k in _MODEL_KEYS if isinstance(body.get(k), str) and body[k]), None)
 
@@ -469,7 +487,9 @@ def extract_usage(provider: str, response: Any) -> ExtractedUsage:
     ``TypeError`` when the object cannot be read as a body; an unreadable payload is returned
     with ``error`` set (see the module docstring).
     """
-    body = _unwrap(as_dict(response))
+    whole = as_dict(response)
+    batch = _batch_result(whole)
+    body = _unwrap(whole if batch is None else batch)
     found = _usage_payload(body)
     model = model_of(body)
     if found is None:
@@ -495,7 +515,8 @@ def extract_usage(provider: str, response: Any) -> ExtractedUsage:
     except ValidationError as exc:
         parsed = repair_usage(counts)
         error = error or f"inconsistent usage: {_why(exc)}"[:250]
-    return ExtractedUsage(parsed, model, _tier(body, usage), cost, error)
+    tier = ServiceTier.BATCH if batch is not None else _tier(body, usage)
+    return ExtractedUsage(parsed, model, tier, cost, error)
 
 
 _CONTENT_DELTAS = (
