@@ -173,6 +173,8 @@ GENAI_EXTRACTOR_DIFFERS = {
     "together-chat": "no extractor for together",
     "voyage-embeddings": "no extractor for voyageai",
     "openai-whisper-duration": "usage in seconds (we send usage_error instead)",
+    "gemini-grounded-search": "does not count a grounded prompt (groundingMetadata) as a search",
+    "mistral-ocr-pages": "reads pages (api_flavor ocr), a unit spendstream does not carry",
     "openai-batch-output-line": "does not read a Batch output line (custom_id envelope)",
     "anthropic-message-batch-result": "does not read a batch results line (custom_id envelope)",
 }

@@ -251,6 +251,8 @@ def _usage_payload(body: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | N
         usage = body["meta"]  # cohere embed/rerank: meta.billed_units
         if "billed_units" not in usage:
             return None
+    if usage is None and isinstance(body.get("usage_info"), Mapping):
+        return "pages", body["usage_info"]  # mistral OCR: pages_processed
     if usage is None:
         return None
     if not isinstance(usage, Mapping):
@@ -392,9 +394,12 @@ def _bedrock(c: _Counts) -> dict[str, int | None]:
     }
 
 
-def _gemini(c: _Counts) -> dict[str, int | None]:
+def _gemini(c: _Counts, body: Mapping[str, Any]) -> dict[str, int | None]:
     """``promptTokenCount`` includes the cache, not the tool-use prompt; candidates exclude
-    thoughts. A missing ``candidatesTokenCount`` (no output) is derived from the total."""
+    thoughts. A missing ``candidatesTokenCount`` (no output) is derived from the total. A
+    prompt grounded with Google Search (``groundingMetadata.webSearchQueries``) is one billed
+    search: Gemini 2.x bills grounded prompts, whatever the number of queries (the free daily
+    allowance is not known here: list price)."""
     prompt, tool = c.get("promptTokenCount"), c.get("toolUsePromptTokenCount")
     cand, thoughts = c.get("candidatesTokenCount"), c.get("thoughtsTokenCount")
     total = c.get("totalTokenCount")
@@ -403,7 +408,14 @@ def _gemini(c: _Counts) -> dict[str, int | None]:
         cand = rest if rest >= 0 else None
     inp = None if prompt is None else prompt + (tool or 0)
     m = c.modality
+    grounded = any(
+        isinstance(cand, Mapping)
+        and isinstance(cand.get("groundingMetadata"), Mapping)
+        and bool(cand["groundingMetadata"].get("webSearchQueries"))
+        for cand in (body.get("candidates") or [])
+    )
     return {
+        "web_searches": 1 if grounded else None,  # billed per grounded prompt, not per query
         "input_tokens": inp,
         "output_tokens": None if cand is None else cand + (thoughts or 0),
         "cache_read_tokens": c.get("cachedContentTokenCount"),
@@ -441,7 +453,7 @@ def _counts(shape: str, c: _Counts, body: Mapping[str, Any], family: str) -> dic
     if shape == "bedrock":
         return _bedrock(c)
     if shape == "gemini":
-        return _gemini(c)
+        return _gemini(c, body)
     if shape == "cohere":
         return _cohere(c)
     if shape == "total_only":
@@ -504,6 +516,8 @@ def extract_usage(provider: str, response: Any) -> ExtractedUsage:
         error = "usage is not an object"
     elif shape == "duration":
         error = "usage is reported in seconds of audio, which spendstream does not price"
+    elif shape == "pages":
+        error = "usage is reported in document pages, which spendstream does not price"
     elif shape == "unknown":
         error = f"unknown usage shape (keys: {_unknown_keys(usage)})"
     elif c.bad:
