@@ -395,3 +395,25 @@ def test_openrouter_cost_out_of_range_is_refused_and_said() -> None:
         "openrouter", {"usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost": "1e400"}}
     )
     assert got.provider_cost_usd is None and got.error == "usage.cost is out of range"
+
+
+def test_gemini_live_usage_names_its_output_response_tokens() -> None:
+    # Live API server message (ai.google.dev/api/live#usagemetadata): responseTokenCount and
+    # responseTokensDetails instead of candidates*
+    msg = {
+        "usageMetadata": {
+            "promptTokenCount": 900,
+            "responseTokenCount": 400,
+            "totalTokenCount": 1300,
+            "promptTokensDetails": [
+                {"modality": "TEXT", "tokenCount": 100},
+                {"modality": "AUDIO", "tokenCount": 800},
+            ],
+            "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": 400}],
+        }
+    }
+    got = extract_usage("google", msg)
+    assert got.usage == Usage(
+        input_tokens=900, output_tokens=400, input_audio_tokens=800, output_audio_tokens=400
+    )
+    assert got.error is None

@@ -402,6 +402,9 @@ def _gemini(c: _Counts, body: Mapping[str, Any]) -> dict[str, int | None]:
     allowance is not known here: list price)."""
     prompt, tool = c.get("promptTokenCount"), c.get("toolUsePromptTokenCount")
     cand, thoughts = c.get("candidatesTokenCount"), c.get("thoughtsTokenCount")
+    out_details = "candidatesTokensDetails"
+    if cand is None and "responseTokenCount" in c.usage:  # the Live API's names
+        cand, out_details = c.get("responseTokenCount"), "responseTokensDetails"
     total = c.get("totalTokenCount")
     if cand is None and total is not None and prompt is not None:
         rest = total - prompt - (tool or 0) - (thoughts or 0)
@@ -427,8 +430,8 @@ def _gemini(c: _Counts, body: Mapping[str, Any]) -> dict[str, int | None]:
         "input_image_tokens": _add(
             m("promptTokensDetails", "IMAGE"), m("toolUsePromptTokensDetails", "IMAGE")
         ),
-        "output_audio_tokens": m("candidatesTokensDetails", "AUDIO"),
-        "output_image_tokens": m("candidatesTokensDetails", "IMAGE"),
+        "output_audio_tokens": m(out_details, "AUDIO"),
+        "output_image_tokens": m(out_details, "IMAGE"),
     }
 
 
