@@ -83,6 +83,22 @@ COLUMNS = (
     "response_text",
     "prompt_sha256",
     "response_sha256",
+    # migration 0003 (issue 14)
+    "service_tier",
+    "provider_cost_usd",
+    "usage_error",
+    "price_unknown_reason",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "cache_audio_read_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "web_searches",
+    "audio_cost_usd",
+    "image_cost_usd",
+    "web_search_cost_usd",
+    "request_cost_usd",
 )
 Row = tuple[Any, ...]
 
@@ -148,6 +164,21 @@ def row_of(
         response,
         prompt_sha,
         response_sha,
+        ev.service_tier.value if ev.service_tier else None,
+        ev.provider_cost_usd,
+        ev.usage_error,
+        e.price_unknown_reason,
+        t.cache_write_1h_tokens,
+        t.input_audio_tokens,
+        t.cache_audio_read_tokens,
+        t.output_audio_tokens,
+        t.input_image_tokens,
+        t.output_image_tokens,
+        t.web_searches,
+        c.audio if c else None,
+        c.image if c else None,
+        c.web_search if c else None,
+        c.request if c else None,
     )
 
 
