@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Settings
@@ -55,6 +57,43 @@ def _demo(args: argparse.Namespace, s: Settings) -> int:
 
     plan = DemoPlan(rate=args.rate, time_scale=args.time_scale, workers=args.workers)
     return 0 if run_demo(s, plan, keep=args.keep).ok else 1
+
+
+def _price(args: argparse.Namespace, s: Settings) -> int:
+    """``spendstream price FILE``: the cost of each call in FILE and the total, no Kafka.
+    Exit 2 when an item could not be read (it is named on stderr; the rest are priced)."""
+    from .pricing import price_lines, total_usd
+    from .stream.prices import PriceBook
+
+    book = PriceBook.from_file(args.prices or s.price_overrides_file)
+    results = list(price_lines(args.file, book))
+    print(f"{'#':>5} {'provider':<12} {'model':<32} {'tier':<8} {'in':>9} {'out':>8} cost_usd")
+    for r in results:
+        if r.enriched is None:
+            print(f"spendstream price: {args.file}: item {r.number}: {r.error}", file=sys.stderr)
+            continue
+        e, t = r.enriched, r.enriched.tokens
+        ev = e.event
+        cost = (
+            str(e.cost.total)
+            if e.cost
+            else f"unknown ({e.price_unknown_reason or 'no price for the model'})"
+        )
+        tier = ev.service_tier.value if ev.service_tier else "standard"
+        model = ev.response_model or ev.request_model
+        est = "~" if t.estimated else ""
+        print(
+            f"{r.number:>5} {ev.provider:<12} {model[:32]:<32} {tier:<8} "
+            f"{est}{t.input_tokens:>9} {est}{t.output_tokens:>8} {cost}"
+        )
+    total, unknown = total_usd(results)
+    bad = sum(1 for r in results if r.enriched is None)
+    print(
+        f"total {total} USD over {len(results) - bad - unknown} priced calls"
+        + (f"; {unknown} of unknown price (not in the total)" if unknown else "")
+        + (f"; {bad} unreadable" if bad else "")
+    )
+    return 2 if bad else 0
 
 
 def _start_time(text: str) -> datetime:
@@ -422,7 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dm.add_argument("--workers", type=int, default=2, help="stream workers to start")
     dm.set_defaults(func=_demo)
+    _add_price_parser(sub)
     return p
+
+
+def _add_price_parser(sub: Any) -> None:
+    pc = sub.add_parser(
+        "price",
+        help="price a JSON/JSONL file of events or provider responses, without Kafka",
+        description="Each item is an LLMCallEvent, or {provider, model, response} (plus "
+        "track() fields such as timestamp, operation): prints every call's cost and the total. "
+        "Exit 2 if an item could not be read (the rest are still priced).",
+    )
+    pc.add_argument("file", type=Path)
+    pc.add_argument("--prices", type=Path, help="price-override TOML (default: the setting)")
+    pc.set_defaults(func=_price)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
