@@ -623,6 +623,15 @@ class PriceBook:
     ) -> PriceRow | None:
         """:meth:`row` for an epoch time, the per-event path: one dict lookup while the
         model's current slot (day, or 15 minutes for time-of-day prices) lasts."""
+        if tier is None:  # the common call: the lookup of before tiers existed
+            hot = self._hot.get((provider, model))
+            if hot is not None and hot[0] <= seconds < hot[1]:
+                return hot[2]
+        return self._row_at_tier(provider, model, seconds, tier)
+
+    def _row_at_tier(
+        self, provider: str, model: str, seconds: float, tier: ServiceTier | None
+    ) -> PriceRow | None:
         if tier is ServiceTier.STANDARD:
             tier = None
         hk: tuple[str, ...] = (provider, model) if tier is None else (provider, model, tier)
