@@ -332,14 +332,23 @@ def _sink(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import signal
 
-    from .sinks.postgres import run
+    from .sinks.metrics import serve
+    from .sinks.postgres import SinkStats, run
+    from .sinks.sink_metrics import SinkCollector
+
+    stats = SinkStats()
+    try:
+        port = serve(SinkCollector(stats), s.metrics_port, s.metrics_targets)
+        logging.getLogger("spendstream.sink").info("metrics on :%d/metrics", port)
+    except OSError as exc:  # metrics are for alerting; storing rows must not wait on a port
+        logging.getLogger("spendstream.sink").warning("no /metrics: %s", exc)
 
     async def go() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        st = await run(s, group=args.group, stop=stop)
+        st = await run(s, group=args.group, stop=stop, stats=stats)
         logging.getLogger("spendstream.sink").info("stopped: %s", st)
 
     asyncio.run(go())

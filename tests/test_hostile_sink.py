@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -53,6 +54,21 @@ def headers(msg: Any) -> dict[str, str]:
     return {k: v.decode() for k, v in msg.headers() or []}
 
 
+def sink_metrics(env: dict[str, str], log_dir: Path) -> dict[str, float]:
+    """The dead-letter counters on the sink's ``/metrics`` (its port is in its log)."""
+    log = (log_dir / f"sink-{env['SPENDSTREAM_WORKER_APP_ID']}.log").read_text()
+    port = int(re.findall(r"metrics on :(\d+)/metrics", log)[-1])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    names = ("spendstream_dead_letters_total", "spendstream_sink_rows_refused_total",
+             "spendstream_sink_bad_lines_total")  # fmt: skip
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(names)
+    }
+
+
 def test_rows_the_sink_cannot_store_are_dead_lettered_one_by_one_and_the_batch_is_stored_once(
     stack: Settings, tmp_path: Path
 ) -> None:
@@ -81,6 +97,12 @@ def test_rows_the_sink_cannot_store_are_dead_lettered_one_by_one_and_the_batch_i
                                                         for e in later))])  # fmt: skip
         wait_for(lambda: query(s, count) == 45, 30, "the later record's rows")
         assert sink.poll() is None
+        # counted where Prometheus alerts on it (the same family as the worker's dead letters)
+        assert sink_metrics(env, tmp_path) == {
+            'spendstream_dead_letters_total{stage="sink"}': 3.0,
+            'spendstream_sink_rows_refused_total{stage="sink"}': 1.0,
+            'spendstream_sink_bad_lines_total{stage="sink"}': 2.0,
+        }
         dlq.poll(1.0)
     dlq.close()
 

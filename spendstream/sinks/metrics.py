@@ -288,7 +288,7 @@ class PipelineMetrics(Collector):
             yield lag
 
 
-def serve(metrics: PipelineMetrics, first_port: int, ports: int) -> int:
+def serve(metrics: Collector, first_port: int, ports: int) -> int:
     """Expose ``/metrics`` on the first free port of ``first_port .. first_port + ports - 1``
     (several workers on one host each take their own); returns the port."""
     registry = CollectorRegistry()

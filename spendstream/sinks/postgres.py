@@ -494,12 +494,14 @@ async def run(
     batch_wait_s: float = 1.0,
     rollup_every_s: float = 30.0,
     stop: asyncio.Event | None = None,
+    stats: SinkStats | None = None,
 ) -> SinkStats:
-    """Consume the enriched topic into PostgreSQL until ``stop`` is set."""
+    """Consume the enriched topic into PostgreSQL until ``stop`` is set; counts go to
+    ``stats`` (given: a metrics collector reads the same object)."""
     from aiokafka import AIOKafkaConsumer
 
     stop = stop or asyncio.Event()
-    stats = SinkStats()
+    stats = stats if stats is not None else SinkStats()
     consumer = AIOKafkaConsumer(
         s.topic_enriched,
         group_id=group,
