@@ -161,6 +161,9 @@ class Usage(_Strict):
     """Image part of ``output_tokens``."""
     web_searches: Annotated[int, Field(ge=0, le=100_000, strict=True)] | None = None
     """Server-side web searches the call ran (priced per search)."""
+    cache_image_read_tokens: TokenCount | None = None
+    """Image part of ``cache_read_tokens`` (also part of ``input_image_tokens``): OpenAI
+    Realtime and gpt-image price cached image input apart ($0.50 vs $5/MTok on gpt-realtime)."""
 
     @model_validator(mode="after")
     def _units_within_counts(self) -> Self:
@@ -169,6 +172,8 @@ class Usage(_Strict):
             ("input_audio_tokens", "input_tokens"),
             ("cache_audio_read_tokens", "cache_read_tokens"),
             ("cache_audio_read_tokens", "input_audio_tokens"),
+            ("cache_image_read_tokens", "cache_read_tokens"),
+            ("cache_image_read_tokens", "input_image_tokens"),
             ("output_audio_tokens", "output_tokens"),
             ("input_image_tokens", "input_tokens"),
             ("output_image_tokens", "output_tokens"),
@@ -319,6 +324,7 @@ class TokenCounts(_Strict):
     input_image_tokens: TokenCount = 0
     output_image_tokens: TokenCount = 0
     web_searches: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 0
+    cache_image_read_tokens: TokenCount = 0
     estimated: bool = False
     """True when any count came from a tokenizer or heuristic instead of the provider."""
 

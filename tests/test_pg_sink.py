@@ -84,7 +84,12 @@ def test_migrations_are_recorded_and_prune_drops_whole_days(stack: Settings) -> 
             await conn.close()
 
     first, again, dropped, left = asyncio.run(go())
-    assert first == ["0001_calls.sql", "0002_cache_saved.sql", "0003_priced_units.sql"]
+    assert first == [
+        "0001_calls.sql",
+        "0002_cache_saved.sql",
+        "0003_priced_units.sql",
+        "0004_cache_image_read.sql",
+    ]
     assert again == []
     assert dropped == ["llm_calls_20260302", "llm_calls_20260331"]  # 120 and 91 days back
     assert left == 4

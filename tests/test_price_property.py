@@ -3,8 +3,10 @@ our cost (integer picodollars) equals ``calc_price``'s total, or a listed, teste
 
 The reference is the model's own ``ModelInfo.calc_price`` with the same ``price_context`` our
 tier maps to (:data:`~spendstream.stream.prices.PRICE_CONTEXT`), so name matching is not under
-test here (test_prices covers that). Usages are built from disjoint, non-negative atoms and
-summed up into the schema's counts, so every usage is consistent (parts within wholes).
+test here (test_prices covers that). Usages are built from 13 disjoint, non-negative atoms
+(text, cached text, cached audio, 5-minute and 1-hour writes, audio, image, cached image, text
+out, reasoning, audio out, image out, searches) summed up into the schema's counts, so every
+usage is consistent (parts within wholes).
 
 Exceptions, each asserted below:
 
@@ -18,11 +20,8 @@ Exceptions, each asserted below:
    whisper ``audio_hours``, Mistral OCR pages, TTS characters, xAI voice) has no row (price
    unknown) where ``calc_price`` says $0 — never a silent $0. A model with no price at all is
    free in genai-prices (``:free``, subscriptions) and costs exactly $0 on both sides.
-3. **Cached image tokens**: the schema has no cache_image_read field; with an input_image and a
-   cache_read count, ``calc_price`` refuses the usage unless cache_image_read_tokens is given, so
-   the reference gets an explicit 0 — what our pricing assumes (images are priced uncached).
-4. A model whose price ``calc_price`` itself rejects (join/ancestor validation) has no row.
-5. **Anthropic batch without a batch variant** (genai-prices is wrong: the Message Batches API
+3. A model whose price ``calc_price`` itself rejects (join/ancestor validation) has no row.
+4. **Anthropic batch without a batch variant** (genai-prices is wrong: the Message Batches API
    is 50% off every token price of every model): ours is exactly half of ``calc_price``'s token
    cost plus the standard per-search fee (the row's version ends in ``+batch50``).
 """
@@ -61,7 +60,7 @@ COUNTABLE = {
 
 def _tiers(prov: Any, info: Any) -> list[ServiceTier | None]:
     """Standard plus every tier of ours the model has a price variant for (and batch for every
-    model of a BATCH_HALF_PROVIDERS provider: exception 5)."""
+    model of a BATCH_HALF_PROVIDERS provider: exception 4)."""
     out: list[ServiceTier | None] = [None]
     if prov.id in BATCH_HALF_PROVIDERS:
         out.append(ServiceTier.BATCH)
@@ -102,14 +101,14 @@ def _sub_pico(info: Any, tier: ServiceTier | None) -> bool:
 
 
 def _check(prov: Any, info: Any, tier: ServiceTier | None, a: list[int]) -> None:
-    tin, crr, car, cw5, cw1h, iar, iimg, tout, rs, oa, oimg, ws = a
-    inp, out = tin + crr + car + cw5 + cw1h + iar + iimg, tout + rs + oa + oimg
-    cr, cw, ia = crr + car, cw5 + cw1h, iar + car
+    tin, crr, car, cw5, cw1h, iar, iir, tout, rs, oa, oimg, ws, cir = a
+    inp, out = tin + crr + car + cw5 + cw1h + iar + iir + cir, tout + rs + oa + oimg
+    cr, cw, ia, iimg = crr + car + cir, cw5 + cw1h, iar + car, iir + cir
     usage = GPUsage(
         input_tokens=inp, output_tokens=out, cache_read_tokens=cr, cache_write_tokens=cw,
         output_reasoning_tokens=rs, cache_write_1h_tokens=cw1h, input_audio_tokens=ia,
         cache_audio_read_tokens=car, output_audio_tokens=oa, input_image_tokens=iimg,
-        output_image_tokens=oimg, web_searches=ws, cache_image_read_tokens=0,  # exception 3
+        output_image_tokens=oimg, web_searches=ws, cache_image_read_tokens=cir,
     )  # fmt: skip
     row = _row_from_genai((prov, info), TS, tier)
     try:
@@ -119,19 +118,17 @@ def _check(prov: Any, info: Any, tier: ServiceTier | None, a: list[int]) -> None
                 usage, prov, genai_request_timestamp=TS, price_context=PRICE_CONTEXT[tier]
             ).total_price
     except ValueError:
-        assert row is None, (prov.id, info.id, tier)  # exception 4
+        assert row is None, (prov.id, info.id, tier)  # exception 3
         return
     if row is None:  # exception 2: nothing countable priced
         mp = info.get_prices(TS, PRICE_CONTEXT[tier])
         keys = {k for k, _ in _values(mp)}
-        assert ref == 0 and keys and not keys & (COUNTABLE - {"cache_image_read_mtok"})
+        assert ref == 0 and keys and not keys & COUNTABLE
         return
-    if row.version and row.version.endswith("+batch50"):  # exception 5
+    if row.version and row.version.endswith("+batch50"):  # exception 4
         _check_batch_half(prov, info, row, usage, a)
         return
-    parts = row.cost_pico(
-        FinalTokens(inp, out, cr, cw, rs, False, (cw1h, ia, car, oa, iimg, oimg, ws))
-    )
+    parts = row.cost_pico(_tokens(a))
     assert parts is not None
     ours = pico_to_usd(sum(parts))
     if ours != ref:
@@ -145,15 +142,20 @@ def _check_batch_half(prov: Any, info: Any, row: Any, usage: Any, a: list[int]) 
     usage.web_searches = 0
     tokens = info.calc_price(usage, prov, genai_request_timestamp=TS).total_price
     search = Decimal(info.get_prices(TS).web_searches_kcount or 0)
-    tin, crr, car, cw5, cw1h, iar, iimg, tout, rs, oa, oimg, _ = a
-    inp, out = tin + crr + car + cw5 + cw1h + iar + iimg, tout + rs + oa + oimg
-    ext = (cw1h, iar + car, car, oa, iimg, oimg, ws)
-    parts = row.cost_pico(FinalTokens(inp, out, crr + car, cw5 + cw1h, rs, False, ext))
+    parts = row.cost_pico(_tokens(a))
     assert pico_to_usd(sum(parts)) == tokens / 2 + search * ws / 1000, (info.id, a)
 
 
+def _tokens(a: list[int]) -> FinalTokens:
+    """The schema's counts of atoms ``a`` (as :func:`_check` sums them)."""
+    tin, crr, car, cw5, cw1h, iar, iir, tout, rs, oa, oimg, ws, cir = a
+    inp, out = tin + crr + car + cw5 + cw1h + iar + iir + cir, tout + rs + oa + oimg
+    ext = (cw1h, iar + car, car, oa, iir + cir, oimg, ws, cir)
+    return FinalTokens(inp, out, crr + car + cir, cw5 + cw1h, rs, False, ext)
+
+
 def _atoms(rng: random.Random, big: bool) -> list[int]:
-    a = [rng.randint(0, 3000) if rng.random() < 0.7 else 0 for _ in range(12)]
+    a = [rng.randint(0, 3000) if rng.random() < 0.7 else 0 for _ in range(13)]
     a[11] %= 25  # web searches
     if big:
         a[0] += rng.randint(150_000, 1_100_000)  # past every long-context tier start
@@ -177,14 +179,14 @@ def test_every_model_every_tier_every_unit_equals_calc_price() -> None:
         for prov, info, t in CASES
         if (r := _row_from_genai((prov, info), TS, t)) and (r.version or "").endswith("+batch50")
     )
-    assert halved == 11  # Anthropic models genai-prices has no batch price for (exception 5)
+    assert halved == 11  # Anthropic models genai-prices has no batch price for (exception 4)
 
 
 @settings(max_examples=1500, deadline=None, derandomize=True)
 @given(
     case=st.sampled_from(CASES),
-    a=st.lists(st.integers(0, 400_000), min_size=12, max_size=12),
+    a=st.lists(st.integers(0, 400_000), min_size=13, max_size=13),
     ws=st.integers(0, 200),
 )
 def test_random_usage_equals_calc_price(case: tuple[Any, Any, Any], a: list[int], ws: int) -> None:
-    _check(*case, [*a[:11], ws])
+    _check(*case, [*a[:11], ws, a[12]])

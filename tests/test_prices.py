@@ -286,3 +286,16 @@ def test_priced_only_in_uncountable_units_is_unknown_and_free_is_zero() -> None:
     free = book.row("google", "gemma-3", TS_DEC)  # listed without a price: free in genai-prices
     assert free is not None
     assert free.cost(TokenCounts(input_tokens=1000, output_tokens=10)).total == 0
+
+
+def test_cached_image_tokens_hand_computed() -> None:
+    # gpt-realtime: $5/MTok image input, $0.50 cached image; 1,000 input = 500 text + 200 cached
+    # image + 300 image: 500 × 4e-6 + 200 × 0.5e-6 + 300 × 5e-6 = 0.002 + 0.0001 + 0.0015
+    row = PriceBook().row("openai", "gpt-realtime", TS_DEC)
+    assert row is not None
+    tok = TokenCounts(input_tokens=1000, output_tokens=0, cache_read_tokens=200,
+                      input_image_tokens=500, cache_image_read_tokens=200)  # fmt: skip
+    c = row.cost(tok)
+    assert (c.input, c.cache_read, c.image, c.total) == (
+        D("0.002"), D("0"), D("0.0016"), D("0.0036")
+    )  # fmt: skip

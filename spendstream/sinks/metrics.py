@@ -13,7 +13,7 @@ holding the GIL (issue 13). Once the cap is reached, a call with a label set not
 counted under ``other`` for every free-text label (service, endpoint, provider, model, team;
 status is an enum and kept), and in ``spendstream_metric_labels_overflow_total{family}``. So
 each ``spendstream_llm_*`` family has at most cap + one ``other`` set per status (the token
-family × 12 token types), each ``gen_ai_*`` family at most cap + 1 (× 2 token types); the sums
+family × 13 token types), each ``gen_ai_*`` family at most cap + 1 (× 2 token types); the sums
 over a family stay exact. The check is one dict lookup per call.
 """
 
@@ -41,11 +41,12 @@ LABELS = ("service", "endpoint", "provider", "model", "team", "status")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning", "cache_write_1h",
                "audio_input", "audio_cache_read", "audio_output", "image_input", "image_output",
-               "web_searches")  # fmt: skip
+               "web_searches", "image_cache_read")  # fmt: skip
 """``spendstream_llm_tokens_total{type}``: the five counts, then the priced units (each a part
 of a count above: ``cache_write_1h`` of ``cache_write``, ``audio_input``/``image_input`` of
 ``input``, ``audio_cache_read`` of ``cache_read``, ``audio_output``/``image_output`` of
-``output``; ``web_searches`` counts searches, not tokens). Twelve, fixed."""
+``output``, ``image_cache_read`` of ``cache_read`` and ``image_input``; ``web_searches`` counts
+searches, not tokens). Thirteen, fixed."""
 _EXTRA_TYPES = TOKEN_TYPES[5:]  # in the order of FinalTokens.extra (prices.EXTRA_FIELDS)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                  16777216, 67108864)  # fmt: skip

@@ -99,6 +99,7 @@ COLUMNS = (
     "image_cost_usd",
     "web_search_cost_usd",
     "request_cost_usd",
+    "cache_image_read_tokens",  # migration 0004
 )
 Row = tuple[Any, ...]
 
@@ -179,6 +180,7 @@ def row_of(
         c.image if c else None,
         c.web_search if c else None,
         c.request if c else None,
+        t.cache_image_read_tokens,
     )
 
 

@@ -270,6 +270,7 @@ def _extra(u: Usage) -> tuple[int, ...] | None:
         and u.input_image_tokens is None
         and u.output_image_tokens is None
         and u.web_searches is None
+        and u.cache_image_read_tokens is None
     ):
         return None
     ext = tuple(getattr(u, f) or 0 for f in EXTRA_FIELDS)

@@ -10,7 +10,8 @@ then exact integer sums in picodollars; a Decimal is made only at the boundary (
 Price semantics are genai-prices' own (the property test checks every model of its price book
 against ``calc_price``). A call's usage is split into disjoint *atoms* — uncached text input,
 text cache reads, 5-minute and 1-hour cache writes, cached audio, uncached audio, input images,
-non-reasoning text output, reasoning, output audio, output images, web searches — and each atom
+non-reasoning text output, reasoning, output audio, output images, cached images, web
+searches — and each atom
 is priced at the most specific unit the model prices that covers it: a 1-hour write at
 ``cache_write_1h_mtok``, else ``cache_write_mtok``, else ``input_mtok``; cached audio at
 ``cache_audio_read_mtok``, else the cache-read or audio price (genai-prices' join rule makes
@@ -77,6 +78,7 @@ EXTRA_FIELDS = (
     "input_image_tokens",
     "output_image_tokens",
     "web_searches",
+    "cache_image_read_tokens",
 )
 """The priced units beyond the five counts, in the order of ``FinalTokens.extra``."""
 Parts = tuple[int, int, int, int, int, int, int, int, int]
@@ -172,11 +174,13 @@ class TierPrices:
     input_image: int | None = None
     output_image: int | None = None
     web_search: int = 0
+    cache_image_read: int | None = None
 
     def __post_init__(self) -> None:
         for name, default in (
             ("cache_write_1h", self.cache_write),
             ("cache_audio_read", self.cache_read),
+            ("cache_image_read", self.cache_read),
             ("input_audio", self.input),
             ("output_audio", self.output),
             ("input_image", self.input),
@@ -228,22 +232,23 @@ class PriceRow:
         self, t: TierPrices, inp: int, cr: int, cw: int, out: int, rs: int, ext: tuple[int, ...]
     ) -> Parts | None:
         """The rare path: a call with 1-hour writes, audio, images or web searches."""
-        cw1h, ia, car, oa, iimg, oimg, ws = ext
-        text_in = inp - cr - cw - (ia - car) - iimg
+        cw1h, ia, car, oa, iimg, oimg, ws, cir = ext
+        text_in = inp - cr - cw - (ia - car) - (iimg - cir)
         text_out = out - rs - oa - oimg
-        if text_in < 0 or text_out < 0 or ia < car:
+        if text_in < 0 or text_out < 0 or ia < car or iimg < cir or cr < car + cir:
             return None
         assert t.cache_write_1h is not None and t.cache_audio_read is not None  # __post_init__
         assert t.input_audio is not None and t.output_audio is not None
         assert t.input_image is not None and t.output_image is not None
+        assert t.cache_image_read is not None
         return (
             text_in * t.input,
-            (cr - car) * t.cache_read,
+            (cr - car - cir) * t.cache_read,
             (cw - cw1h) * t.cache_write + cw1h * t.cache_write_1h,
             text_out * t.output,
             rs * t.reasoning,
             car * t.cache_audio_read + (ia - car) * t.input_audio + oa * t.output_audio,
-            iimg * t.input_image + oimg * t.output_image,
+            cir * t.cache_image_read + (iimg - cir) * t.input_image + oimg * t.output_image,
             ws * t.web_search,
             self.request_pico,
         )
@@ -296,6 +301,7 @@ _ATOMS = (
     ("input_image", "input_image_tokens"),
     ("output_image", "output_image_tokens"),
     ("web_search", "web_searches"),
+    ("cache_image_read", "cache_image_read_tokens"),
 )
 """TierPrices field → the genai-prices usage key whose dimensions the atom has."""
 
@@ -482,6 +488,7 @@ class Override:
 _OPTIONAL_MTOK = (
     ("cache_write_1h", "cache_write_1h_mtok"),
     ("cache_audio_read", "cache_audio_read_mtok"),
+    ("cache_image_read", "cache_image_read_mtok"),
     ("input_audio", "input_audio_mtok"),
     ("output_audio", "output_audio_mtok"),
     ("input_image", "input_image_mtok"),
@@ -531,7 +538,7 @@ def load_overrides(path: Path) -> list[Override]:
     cache_write_1h_mtok = "4.00"     # optional, default cache_write_mtok
     reasoning_mtok = "8.00"          # optional, default output_mtok
     input_audio_mtok = "40"          # optional, default input_mtok (output_audio_mtok: output)
-    cache_audio_read_mtok = "2.5"    # optional, default cache_read_mtok
+    cache_audio_read_mtok = "2.5"    # optional, default cache_read_mtok (cache_image_read_mtok too)
     input_image_mtok = "5"           # optional, default input_mtok (output_image_mtok: output)
     web_search_kcount = "10"         # optional, USD per 1000 web searches, default 0
     request_kcount = "0"             # optional, USD per 1000 requests
