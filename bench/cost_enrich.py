@@ -35,7 +35,7 @@ def _mixed(i: int, e: LLMCallEvent) -> tuple[ServiceTier | None, FinalTokens]:
     if e.provider == "openai" and i % 4 == 0:
         return TIERS[i // 4 % 4], tok
     if e.provider == "anthropic" and i % 10 == 0:
-        extra = (tok.cache_creation_tokens // 2, 0, 0, 0, 0, 0, 2)
+        extra = (tok.cache_creation_tokens // 2, 0, 0, 0, 0, 0, 2, 0)  # prices.EXTRA_FIELDS
         t = tok
         return None, FinalTokens(
             t.input_tokens, t.output_tokens, t.cache_read_tokens, t.cache_creation_tokens,
