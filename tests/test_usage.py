@@ -417,3 +417,33 @@ def test_gemini_live_usage_names_its_output_response_tokens() -> None:
         input_tokens=900, output_tokens=400, input_audio_tokens=800, output_audio_tokens=400
     )
     assert got.error is None
+
+
+def test_realtime_cached_image_tokens_are_read_and_priced_at_the_cached_image_rate() -> None:
+    from spendstream.events import example_event
+    from spendstream.stream.enrich import Enricher
+
+    details = {
+        "text_tokens": 200, "audio_tokens": 600, "image_tokens": 400, "cached_tokens": 640,
+        "cached_tokens_details": {"text_tokens": 128, "audio_tokens": 256, "image_tokens": 256},
+    }  # fmt: skip
+    usage = {
+        "total_tokens": 1500, "input_tokens": 1200, "output_tokens": 300,
+        "input_token_details": details,
+        "output_token_details": {"text_tokens": 60, "audio_tokens": 240},
+    }  # fmt: skip
+    response = {"id": "r", "object": "realtime.response", "status": "completed", "usage": usage}
+    body = {"type": "response.done", "response": response}
+    got = extract_usage("openai", body).usage
+    assert got == Usage(
+        input_tokens=1200, output_tokens=300, cache_read_tokens=640, input_audio_tokens=600,
+        cache_audio_read_tokens=256, input_image_tokens=400, cache_image_read_tokens=256,
+        output_audio_tokens=240,
+    )  # fmt: skip
+    ev = example_event(request_model="gpt-realtime", response_model=None, operation="audio",
+                       usage=got.model_dump(exclude_none=True))  # fmt: skip
+    # gpt-realtime list prices per M: text in $4, cached $0.40; audio in $32, cached $0.40;
+    # image in $5, cached $0.50; text out $16, audio out $64.
+    # 72 x 4 + 128 x 0.4 + 344 x 32 + 256 x 0.4 + 144 x 5 + 256 x 0.5 + 60 x 16 + 240 x 64
+    # = 288 + 51.2 + 11008 + 102.4 + 720 + 128 + 960 + 15360 = 28617.6 per M = $0.0286176
+    assert Enricher().enrich(ev, ev.to_json()).cost_pico == 28_617_600_000

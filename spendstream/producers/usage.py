@@ -345,6 +345,9 @@ def _openai_realtime(c: _Counts) -> dict[str, int | None]:
             "input_token_details", "cached_tokens_details", "audio_tokens"
         ),
         "input_image_tokens": c.get("input_token_details", "image_tokens"),
+        "cache_image_read_tokens": c.get(
+            "input_token_details", "cached_tokens_details", "image_tokens"
+        ),
         "output_audio_tokens": c.get("output_token_details", "audio_tokens"),
     }
 
