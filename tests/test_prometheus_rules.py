@@ -24,7 +24,7 @@ def test_rules_are_valid(promtool: str) -> None:
         cwd=PROM, capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 10 rules found" in r.stdout
+    assert "SUCCESS: 11 rules found" in r.stdout
 
 
 def test_rule_unit_tests_pass(promtool: str) -> None:
