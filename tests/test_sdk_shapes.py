@@ -392,6 +392,7 @@ def test_realtime_response_done_event(mem: MemoryEmitter) -> None:
         input_audio_tokens=1000,
         cache_audio_read_tokens=512,
         input_image_tokens=0,
+        cache_image_read_tokens=0,
         output_audio_tokens=240,
     )
 
