@@ -29,7 +29,7 @@ from typing import Any
 from ..config import Settings
 from ..sinks.live import LiveSpendWriter
 from ..sinks.metrics import PipelineMetrics, serve
-from ..wire import check_headers
+from ..wire import check_headers, dlq_headers
 from .enrich import Enricher, redact_record
 from .offsets import OffsetGuard
 from .pipeline import Snapshot, Stage1, Stage2, WriteBuffer, scope_partition
@@ -214,7 +214,7 @@ def build_app(s: Settings) -> Any:
                     await dlq.send(
                         key=m.key,
                         value=redact_record(m.value or b"", s.keep_text),
-                        headers=_dlq_headers(s.topic_raw, p, offset, None, bad_header),
+                        headers=dlq_headers(s.topic_raw, p, offset, None, bad_header),
                     )
                     stats.dead += int(fresh)
                     applied.append((p, offset, RecordAggregate()))  # handled: offset done
@@ -224,7 +224,7 @@ def build_app(s: Settings) -> Any:
                     await dlq.send(
                         key=m.key,
                         value=d.raw,
-                        headers=_dlq_headers(s.topic_raw, p, offset, d.line, d.reason),
+                        headers=dlq_headers(s.topic_raw, p, offset, d.line, d.reason),
                     )
                 if fresh:
                     stats.dead += len(res.dead)
@@ -440,20 +440,6 @@ def changelog_topics(s: Settings) -> list[Any]:
             {"cleanup.policy": "compact"},
         ),
     ]
-
-
-def _dlq_headers(
-    topic: str, partition: int, offset: int, line: int | None, reason: str
-) -> dict[str, bytes]:
-    h = {
-        "spendstream-error": reason[:4000].encode(),
-        "spendstream-source-topic": topic.encode(),
-        "spendstream-source-partition": str(partition).encode(),
-        "spendstream-source-offset": str(offset).encode(),
-    }
-    if line is not None:
-        h["spendstream-source-line"] = str(line).encode()
-    return h
 
 
 def _credentials(s: Settings) -> Any:
