@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from ..config import Settings
 from ..events import EnrichedEvent, describe_error
+from ..stream.prices import EXTRA_FIELDS
 from ..wire import dlq_headers
 from .db import ensure_partitions, migrate
 
@@ -88,18 +89,13 @@ COLUMNS = (
     "provider_cost_usd",
     "usage_error",
     "price_unknown_reason",
-    "cache_write_1h_tokens",
-    "input_audio_tokens",
-    "cache_audio_read_tokens",
-    "output_audio_tokens",
-    "input_image_tokens",
-    "output_image_tokens",
-    "web_searches",
     "audio_cost_usd",
     "image_cost_usd",
     "web_search_cost_usd",
     "request_cost_usd",
-    "cache_image_read_tokens",  # migration 0004
+    # the priced units' counts, one column each (cache_image_read_tokens: migration 0004),
+    # named and ordered as the price book's EXTRA_FIELDS so row_of reads them by that list
+    *EXTRA_FIELDS,
 )
 Row = tuple[Any, ...]
 
@@ -169,18 +165,11 @@ def row_of(
         ev.provider_cost_usd,
         ev.usage_error,
         e.price_unknown_reason,
-        t.cache_write_1h_tokens,
-        t.input_audio_tokens,
-        t.cache_audio_read_tokens,
-        t.output_audio_tokens,
-        t.input_image_tokens,
-        t.output_image_tokens,
-        t.web_searches,
         c.audio if c else None,
         c.image if c else None,
         c.web_search if c else None,
         c.request if c else None,
-        t.cache_image_read_tokens,
+        *(getattr(t, unit) for unit in EXTRA_FIELDS),
     )
 
 
