@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 _NS = uuid.UUID("0b6f3c52-77a4-4f0e-9a43-6b1c2b8d5e01")
 
-Rule = Literal["spend_spike", "model_mix", "budget", "price_unknown"]
+Rule = Literal["spend_spike", "model_mix", "error_storm", "call_storm", "budget", "price_unknown"]
 Severity = Literal["info", "warning", "critical"]
 
 

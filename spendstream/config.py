@@ -102,15 +102,16 @@ class Settings(BaseSettings):
     """Keep prompt/response text in enriched events (off: it is only used for estimation)."""
     prompt_hash_key: SecretStr | None = None
     """HMAC-SHA256 key of the prompt/response digests the PostgreSQL sink stores (unset: none)."""
-    alert_min_spend_usd: Decimal = Decimal("0.05")
-    alert_spike_ratio: float = 3.0
-    alert_spike_z: float = 6.0
-    alert_max_ratio: float = 1.5
-    alert_baseline_minutes: int = Field(60, ge=5)
+    alert_evidence: float = Field(10.0, gt=0)
+    alert_ratio: float = Field(2.0, gt=1)
+    alert_error_ratio: float = Field(3.0, gt=1)
+    alert_baseline_minutes: int = Field(30, ge=5)
     alert_min_baseline_minutes: int = Field(15, ge=1)
-    alert_sustain_minutes: int = Field(2, ge=1)
+    alert_season_days: float = Field(3.0, ge=1)
     alert_resolve_minutes: int = Field(3, ge=1)
     alert_cooldown_minutes: int = Field(10, ge=0)
+    alert_material_share: float = Field(0.02, ge=0)
+    alert_material_usd_per_day: Decimal = Field(Decimal("0"), ge=0)
     alert_webhook_url: SecretStr | None = None
     """Relay target when neither ``--webhook`` nor ``--webhook-file`` is given (not in argv)."""
     alert_relay_max_per_minute: int = Field(20, ge=1)
@@ -202,15 +203,16 @@ class Settings(BaseSettings):
         from .stream.rules import RuleConfig
 
         return RuleConfig(
-            min_spend_usd=self.alert_min_spend_usd,
-            spike_ratio=self.alert_spike_ratio,
-            spike_z=self.alert_spike_z,
-            max_ratio=self.alert_max_ratio,
+            evidence=self.alert_evidence,
+            ratio=self.alert_ratio,
+            error_ratio=self.alert_error_ratio,
             baseline_minutes=self.alert_baseline_minutes,
             min_baseline_minutes=self.alert_min_baseline_minutes,
-            sustain_minutes=self.alert_sustain_minutes,
+            season_days=self.alert_season_days,
             resolve_minutes=self.alert_resolve_minutes,
             cooldown_minutes=self.alert_cooldown_minutes,
+            material_share=self.alert_material_share,
+            material_usd_per_day=self.alert_material_usd_per_day,
             budgets=self.budgets,
         )
 

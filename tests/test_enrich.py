@@ -99,7 +99,7 @@ def test_every_line_is_enriched_or_dead_lettered_with_its_bytes(
 
 
 def test_spend_spike_fires_once_and_resolves() -> None:
-    rules = ScopeRules(RuleConfig(min_spend_usd=Decimal("0.01")))
+    rules = ScopeRules(RuleConfig())
     state: dict[str, Any] = {}
     alerts = []
     normal = [10_000_000_000 + (i % 5) * 1_000_000_000 for i in range(40)]  # ~$0.01 a minute

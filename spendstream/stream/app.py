@@ -32,7 +32,7 @@ from ..sinks.metrics import PipelineMetrics, serve
 from ..wire import check_headers, dlq_headers
 from .enrich import Enricher, redact_record
 from .offsets import OffsetGuard
-from .pipeline import Snapshot, Stage1, Stage2, WriteBuffer, scope_partition
+from .pipeline import Snapshot, Stage1, Stage2, WriteBuffer, route
 from .prices import PriceBook
 from .windows import RecordAggregate
 
@@ -279,10 +279,8 @@ def build_app(s: Settings) -> Any:
                 snaps = stage1.snapshots(p, keys)
             else:
                 snaps = stage1.snapshots(p)
-            for sn in snaps:
-                by_q[scope_partition(sn.scope, s.stage2_partitions)].append(
-                    [sn.partition, sn.scope, sn.minute, sn.thru, sn.agg]
-                )
+            for q, sn in route(snaps, s.stage2_partitions):
+                by_q[q].append([sn.partition, sn.scope, sn.minute, sn.thru, sn.agg])
             reports[p] = [stage1.watermark(p), _idle(p, hws[p], now)]
             hw, nx = hws[p], stage1.next_offset(p)
             if hw is not None:

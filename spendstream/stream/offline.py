@@ -17,7 +17,7 @@ from ..alerts import Alert
 from ..events import LLMCallEvent
 from ..wire import pack
 from .enrich import Enricher
-from .pipeline import DictState, Stage1, Stage2, WindowTotal, scope_partition
+from .pipeline import DictState, Snapshot, Stage1, Stage2, WindowTotal, route
 from .rules import RuleConfig
 
 
@@ -73,8 +73,11 @@ def run(
         reports = {
             p: (s1.watermark(p), last_index.get(p, -1) < done) for p in range(raw_partitions)
         }
+        by_q: dict[int, list[Snapshot]] = {q: [] for q in range(stage2_partitions)}
+        for q, sn in route(snaps, stage2_partitions):
+            by_q[q].append(sn)
         for q in range(stage2_partitions):
-            mine = [sn for sn in snaps if scope_partition(sn.scope, stage2_partitions) == q]
+            mine = by_q[q]
             for fix in s2.apply_snapshots(q, mine):
                 res.windows[fix.key] = fix
             s2.set_watermarks(q, reports)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..alerts import Alert, minute_dt
+from .detector import Org
 from .prices import pico_to_usd
 from .rules import RuleConfig, ScopeRules
 from .windows import MINUTE, Agg, RecordAggregate
@@ -47,6 +48,23 @@ State = MutableMapping[str, Any]
 def scope_partition(scope: str, partitions: int) -> int:
     """Stage-2 partition of a scope (stable across processes, unlike ``hash``)."""
     return zlib.crc32(scope.encode()) % partitions
+
+
+ORG_SCOPE = "org:all"
+"""A copy of ``global:all``'s snapshots sent to every stage-2 partition: the organisation's
+level the detector's materiality is relative to. Not a scope: no rules, no windows."""
+ORG_SPAN = 1440
+"""Minutes of the organisation level's EWMA."""
+
+
+def route(snaps: Iterable[Snapshot], partitions: int) -> Iterator[tuple[int, Snapshot]]:
+    """(stage-2 partition, snapshot) pairs: each scope to its partition, plus a copy of
+    ``global:all`` as :data:`ORG_SCOPE` to every partition (the worker and offline alike)."""
+    for sn in snaps:
+        yield scope_partition(sn.scope, partitions), sn
+        if sn.scope == "global:all":
+            for q in range(partitions):
+                yield q, Snapshot(sn.partition, ORG_SCOPE, sn.minute, sn.thru, sn.agg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +491,7 @@ class Stage2:
             if minute not in mins:
                 insort(mins, minute)
                 self.t[f"mins|{q}"] = list(mins)
+            changed.discard(ORG_SCOPE)  # a late correction of the org level: not a window
             if closed is None or minute > closed:
                 continue
             for scope in sorted(changed):
@@ -546,14 +565,19 @@ class Stage2:
         acts = Names(self.t, f"act|{q}")
         active = set(acts.load())
         states: dict[str, dict[str, Any]] = {}
+        org_state: list[float] | None = self.t.get(f"org|{q}")
         minute = closed + 1
         while minute <= close_to:
             scopes = set(active)
             i = bisect_left(mins, minute)
             if i < len(mins) and mins[i] == minute:
                 scopes.update(Names(self.t, f"wi|{q}|{minute}").load())
+            if ORG_SCOPE in scopes:
+                scopes.discard(ORG_SCOPE)
+                org_state = self._org_add(q, minute)
+            org = self._org(org_state, minute)
             for scope in sorted(scopes):
-                if self._close_scope(q, scope, minute, states, res):
+                if self._close_scope(q, scope, minute, states, res, org):
                     active.add(scope)
                 else:
                     active.discard(scope)
@@ -573,8 +597,37 @@ class Stage2:
         self._expire(q, mins, close_to, states)
         return res
 
+    def _org_add(self, q: int, minute: int) -> list[float]:
+        """Fold the minute's ``global:all`` totals into the partition's org EWMA
+        ``[minute, n, spend/min, calls/min]`` (empty minutes count as zeros)."""
+        cur = self.t.get(f"org|{q}") or [minute - 1, 0, 0.0, 0.0]
+        agg = self._total(q, minute, ORG_SCOPE)
+        a = max(1.0 / ORG_SPAN, 1.0 / (cur[1] + 1))
+        d = (1 - a) ** max(0, minute - 1 - cur[0])
+        new = [
+            minute,
+            min(cur[1] + 1, ORG_SPAN),
+            round(cur[2] * d + a * (agg.spend - cur[2] * d), 3),
+            round(cur[3] * d + a * (agg.calls - cur[3] * d), 6),
+        ]
+        self.t[f"org|{q}"] = new
+        return new
+
+    @staticmethod
+    def _org(cur: list[float] | None, minute: int) -> Org | None:
+        if cur is None:
+            return None
+        d = (1 - max(1.0 / ORG_SPAN, 1.0 / (cur[1] + 1))) ** max(0, minute - cur[0])
+        return Org(spend_day=cur[2] * d * 1440, calls_day=cur[3] * d * 1440)
+
     def _close_scope(
-        self, q: int, scope: str, minute: int, states: dict[str, dict[str, Any]], res: CloseResult
+        self,
+        q: int,
+        scope: str,
+        minute: int,
+        states: dict[str, dict[str, Any]],
+        res: CloseResult,
+        org: Org | None = None,
     ) -> bool:
         """Run the scope's rules for ``minute`` (catching up its empty minutes first);
         returns whether its rules must see the next minute too."""
@@ -583,9 +636,9 @@ class Stage2:
             st = states[scope] = dict(self.t.get(f"s|{scope}") or {})
         last = st.get("last")
         if last is not None and last < minute - 1:
-            res.alerts += self.rules.close_empty(scope, st, last + 1, minute - 1)
+            res.alerts += self.rules.close_empty(scope, st, last + 1, minute - 1, org)
         agg = self._total(q, minute, scope)
-        res.alerts += self.rules.close_minute(scope, st, minute, agg)
+        res.alerts += self.rules.close_minute(scope, st, minute, agg, org)
         st["last"] = minute
         self.visited += 1
         if agg.calls:

@@ -1,63 +1,76 @@
-"""Spike rules, evaluated per scope when an event-time minute closes.
+"""Rules, evaluated per scope when an event-time minute closes.
 
-Everything here is a pure function of the closed minutes of one scope, so a replay of the
-same events at any speed gives the same alerts. State lives in a JSON-able dict that the
+Everything here is a pure function of the closed minutes of one scope (plus the organisation's
+level stage 2 passes in, itself a function of the closed ``global:all`` minutes), so a replay of
+the same events at any speed gives the same alerts. State lives in a JSON-able dict that the
 worker keeps in a Faust table.
 
-- **spend_spike**: the minute's spend against the scope's recent minutes (up to
-  ``baseline_minutes`` closed minutes,
-  zeros included): fires when spend exceeds :func:`spike_threshold` for ``sustain_minutes``
-  consecutive minutes. The baseline is frozen while the alert fires, and it
-  resolves after ``resolve_minutes`` minutes back under the frozen threshold.
-- **model_mix** (endpoint scopes): most of a minute's spend (≥ 50%) is on models that had
-  < 5% of the endpoint's baseline spend, and those calls cost more per call than the usual
-  ones. Shares the incident with spend_spike: one scope has one open spend incident.
+- **Anomalies** (endpoint scopes; :mod:`.detector` explains how it decides): one incident per
+  endpoint, ``spend_spike`` / ``model_mix`` (critical: material excess spend, ``model_mix`` when
+  a model that had < 5% of the endpoint's history carries most of it), ``error_storm`` /
+  ``call_storm`` (warning: statistically sure, money impact immaterial). Fires once, resolves
+  once when every signal is back in its band.
 - **budget** (scopes with a configured hourly/daily budget): the spend so far in the hour/day
   plus the last 5 minutes' rate projected to its end exceeds the budget; ``critical`` once the
-  budget is spent. Resolves when a new period starts under budget.
+  budget is spent. Resolves when the projection is back under budget.
 - **price_unknown** (model scopes): calls to a model without a price. Fires at once, resolves
   after ``resolve_minutes`` × 3 minutes without such calls.
 
 Empty minutes: a scope with nothing open (:meth:`ScopeRules.needs_every_minute` false) only
-appends zeros to its history and rolls its hour/day totals on an empty minute, so
-:meth:`ScopeRules.close_empty` applies a whole stretch of them in O(``baseline_minutes``) —
-stage 2 closes idle scopes lazily, when they next have calls. State stays bounded: the history
-keeps ``baseline_minutes`` entries and an endpoint's model baseline its
-``MODEL_BASE_KEEP`` biggest models (the rest summed under ``OTHER``).
+appends zeros to its history and rolls its hour/day totals on an empty minute (the detector
+counts empty minutes lazily, as zeros, when the scope next has calls), so
+:meth:`ScopeRules.close_empty` applies a whole stretch of them in O(``HIST_KEEP``) — stage 2
+closes idle scopes lazily. State stays bounded: the history keeps :data:`HIST_KEEP` entries, the
+detector ≤ 192 seasonal buckets and an endpoint's model baseline its ``MODEL_BASE_KEEP`` biggest
+models (the rest summed under ``OTHER``).
 """
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from ..alerts import Alert, Contributor, Rule, Severity, alert_id, minute_dt
+from .detector import SIG, DetectorConfig, Org, hold, learn, material, signals, usd
 from .prices import PICO, pico_to_usd
 from .windows import OTHER, Agg, top_with_other
 
+HIST_KEEP = 5
+"""Closed minutes kept per scope (the budget rule's recent rate)."""
 MODEL_BASE_KEEP = 40
 """Models kept in an endpoint's model baseline (by spend); the rest are summed under OTHER."""
 
 
 @dataclass(frozen=True, slots=True)
 class RuleConfig:
-    min_spend_usd: Decimal = Decimal("0.05")
-    spike_ratio: float = 3.0
-    spike_z: float = 6.0
-    max_ratio: float = 1.5
-    baseline_minutes: int = 60
+    evidence: float = 10.0
+    ratio: float = 2.0
+    error_ratio: float = 3.0
+    baseline_minutes: int = 30
     min_baseline_minutes: int = 15
-    sustain_minutes: int = 2
+    season_days: float = 3.0
     resolve_minutes: int = 3
     cooldown_minutes: int = 10
+    material_share: float = 0.02
+    material_usd_per_day: Decimal = Decimal("0")
     budgets: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     """``{"team:finance": {"hourly": Decimal("5"), "daily": Decimal("80")}}``."""
 
     @property
-    def min_spend_pico(self) -> int:
-        return int(self.min_spend_usd * PICO)
+    def detector(self) -> DetectorConfig:
+        return DetectorConfig(
+            evidence=self.evidence,
+            ratio=self.ratio,
+            error_ratio=self.error_ratio,
+            baseline_minutes=self.baseline_minutes,
+            min_baseline_minutes=self.min_baseline_minutes,
+            season_days=self.season_days,
+            resolve_minutes=self.resolve_minutes,
+            cooldown_minutes=self.cooldown_minutes,
+            material_share=self.material_share,
+            material_usd_per_day=self.material_usd_per_day,
+        )
 
 
 def _contributors(agg: Agg) -> dict[str, list[Contributor]]:
@@ -83,24 +96,66 @@ def _fold_base(base: dict[str, list[int]]) -> dict[str, list[int]]:
     return out
 
 
-def spike_threshold(values: list[int], cfg: RuleConfig) -> tuple[int, int]:
-    """(baseline, threshold) for one minute's spend given the scope's recent minutes.
+def _long(d: dict[str, Any]) -> list[float]:
+    """The long-run EWMA (calls, errors, spend, input, output per minute); ratios only."""
+    vec: list[float] = d.get("l", [[0.0] * 5, 0])[0]
+    return vec
 
-    The threshold is the largest of: ``spike_ratio`` × the mean, median + ``spike_z`` robust
-    standard deviations (1.4826 × MAD), ``max_ratio`` × the busiest recent minute, and the
-    absolute floor. The last term keeps sparse, heavy-tailed scopes (a few expensive calls
-    a minute) from paging on an ordinary burst.
-    """
-    mean = statistics.fmean(values)
-    med = statistics.median(values)
-    mad = statistics.median(abs(v - med) for v in values)
-    thr = max(
-        mean * cfg.spike_ratio,
-        med + cfg.spike_z * 1.4826 * mad,
-        max(values) * cfg.max_ratio,
-        cfg.min_spend_pico,
+
+def _new_models(d: dict[str, Any], acc: dict[str, Any]) -> list[str]:
+    """Models carrying ≥ 50% of the streak's spend that had < 5% of the endpoint's history."""
+    base: dict[str, list[int]] = d.get("models", {})
+    total = sum(v[0] for v in base.values())
+    models: dict[str, int] = acc["models"]
+    new = [m for m, v in models.items() if m != OTHER and base.get(m, [0, 0])[0] < 0.05 * total]
+    if sum(models[m] for m in new) < 0.5 * max(acc["sp"], 1):
+        return []
+    return sorted(new)
+
+
+def _times(r: float) -> str:
+    return f"×{r:.0f}" if r >= 10 else f"×{r:.1f}"
+
+
+def _explain(scope: str, d: dict[str, Any], acc: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """What changed, in words a person acts on, and its money impact."""
+    long, calls = _long(d), max(acc["c"], 1)
+    parts: list[str] = []
+    new = _new_models(d, acc)
+    base_cpc = long[2] / long[0] if long[0] > 0 else 0.0
+    if base_cpc > 0 and acc["sp"] / calls >= 1.5 * base_cpc:
+        txt = f"cost per call {_times(acc['sp'] / calls / base_cpc)}"
+        base = d.get("models", {})
+        usual = max(base, key=lambda m: base[m][0]) if base else None
+        if new:
+            txt += f" ({', '.join(new)} replaced {usual})" if usual else f" (new: {new[0]})"
+        parts.append(txt)
+    base_tpc = (long[3] + long[4]) / long[0] if long[0] > 0 else 0.0
+    if not new and base_tpc > 0 and acc["tok"] / calls >= 1.5 * base_tpc:
+        parts.append(f"tokens per call {_times(acc['tok'] / calls / base_tpc)}")
+    if acc["c"] >= 1.5 * max(acc["ec"], 1e-9):
+        parts.append(f"calls {_times(acc['c'] / max(acc['ec'], 1e-9))}")
+    base_rate = long[1] / long[0] if long[0] > 0 else 0.0
+    rate = acc["e"] / calls
+    if rate >= 0.1 and rate >= 3 * base_rate:
+        parts.append(f"errors {rate:.0%} of calls (usual {base_rate:.0%})")
+    if not parts:
+        parts.append(f"spend {_times(acc['sp'] / max(acc['es'], 1.0))} the usual for the time")
+    per_min = (acc["sp"] - acc["es"]) / acc["m"]
+    service = scope.removeprefix("endpoint:").split("/", 1)[0]
+    related = [f"service:{service}", "global:all"] + [f"model {m}" for m in new]
+    msg = (
+        f"{scope}: {', '.join(parts)}, +{usd(per_min * 60)}/h, ≈ +{usd(per_min * 1440)}/day "
+        f"(also raises {', '.join(related)})"
     )
-    return int(mean), int(thr)
+    details = {
+        "excess_usd_per_hour": str(pico_to_usd(int(per_min * 60))),
+        "excess_usd_per_day": str(pico_to_usd(int(per_min * 1440))),
+        "evidence": ",".join(f"{k}={v:.1f}" for k, v in zip(SIG, d["s"], strict=True)),
+        "related_scopes": ",".join(related),
+        "streak_minutes": str(acc["m"]),
+    }
+    return msg, details
 
 
 class ScopeRules:
@@ -108,41 +163,36 @@ class ScopeRules:
 
     def __init__(self, cfg: RuleConfig) -> None:
         self.cfg = cfg
+        self.dcfg = cfg.detector
 
-    def close_minute(self, scope: str, state: dict[str, Any], minute: int, agg: Agg) -> list[Alert]:
+    def close_minute(
+        self, scope: str, state: dict[str, Any], minute: int, agg: Agg, org: Org | None = None
+    ) -> list[Alert]:
+        """Run the scope's rules on a closed minute. ``org`` is the organisation's level
+        (stage 2 passes it; None: materiality falls back to ``material_usd_per_day``)."""
         alerts: list[Alert] = []
-        alerts += self._spend(scope, state, minute, agg)
+        if scope.startswith("endpoint:"):
+            alerts += self._anomaly(scope, state, minute, agg, org)
         if scope.startswith("model:"):
             alerts += self._price_unknown(scope, state, minute, agg)
         if scope in self.cfg.budgets:
             alerts += self._budget(scope, state, minute, agg)
-        # history last: a minute never counts in its own baseline
+        # history last: a minute never counts in its own budget rate
         hist: list[list[int]] = state.setdefault("hist", [])
-        # minutes of an alert or of a streak that may become one stay out of baselines
-        firing = state.get("spend_alert") is not None or state.get("streak", 0) > 0
-        hist.append([minute, agg.spend, 1 if firing else 0])
-        del hist[: max(0, len(hist) - self.cfg.baseline_minutes)]
+        hist.append([minute, agg.spend, 0])
+        del hist[: max(0, len(hist) - HIST_KEEP)]
         for key, size in (("hour", 60), ("day", 1440)):
             start = minute - minute % size
             cur = state.get(key)
             state[key] = [start, agg.spend + (cur[1] if cur and cur[0] == start else 0)]
-        if not firing and scope.startswith("endpoint:"):
-            base: dict[str, list[int]] = state.setdefault("model_base", {})
-            for m, v in agg.models.items():
-                s, n = base.get(m, [0, 0])
-                base[m] = [s + v, n + 1]
-            if len(base) > 2 * MODEL_BASE_KEEP:
-                state["model_base"] = _fold_base(base)
-            state["model_calls"] = state.get("model_calls", 0) + agg.calls
         return alerts
 
     def needs_every_minute(self, scope: str, state: dict[str, Any]) -> bool:
         """Whether an empty minute can change more than the history and hour/day totals:
-        an open alert or streak, or a budget whose projection still has a non-zero rate.
-        With ``min_spend_usd`` 0 a threshold of 0 "spikes" on an empty minute: always."""
-        if self.cfg.min_spend_pico <= 0:
-            return True
-        if state.get("spend_alert") is not None or state.get("streak", 0) > 0:
+        an open alert or evidence streak, or a budget whose projection still has a non-zero
+        rate. (The detector's baselines count an empty minute lazily, as a zero.)"""
+        d = state.get("d") or {}
+        if d.get("inc") is not None or d.get("s"):
             return True
         if state.get("unknown_alert") is not None or state.get("budget_alert") is not None:
             return True
@@ -150,96 +200,143 @@ class ScopeRules:
             return any(h[1] for h in state.get("hist", [])[-4:])
         return False
 
-    def close_empty(self, scope: str, state: dict[str, Any], first: int, last: int) -> list[Alert]:
+    def close_empty(
+        self, scope: str, state: dict[str, Any], first: int, last: int, org: Org | None = None
+    ) -> list[Alert]:
         """:meth:`close_minute` with no calls for every minute ``first..last``, in
-        O(min(last - first, baseline_minutes)) once nothing is open. The state is the same as
-        closing each minute (except that ``streak`` is not created where absent: absent is 0)."""
+        O(min(last - first, HIST_KEEP)) once nothing is open. The state is the same as
+        closing each minute."""
         alerts: list[Alert] = []
         minute = first
         while minute <= last and self.needs_every_minute(scope, state):
-            alerts += self.close_minute(scope, state, minute, Agg())
+            alerts += self.close_minute(scope, state, minute, Agg(), org)
             minute += 1
         if minute > last:
             return alerts
-        n = self.cfg.baseline_minutes
         hist: list[list[int]] = state.setdefault("hist", [])
-        hist.extend([m, 0, 0] for m in range(max(minute, last - n + 1), last + 1))
-        del hist[: max(0, len(hist) - n)]
+        hist.extend([m, 0, 0] for m in range(max(minute, last - HIST_KEEP + 1), last + 1))
+        del hist[: max(0, len(hist) - HIST_KEEP)]
         for key, size in (("hour", 60), ("day", 1440)):
             start = last - last % size
             cur = state.get(key)
             state[key] = [start, cur[1] if cur and cur[0] == start else 0]
         return alerts
 
-    # --- spend: spike + model mix ----------------------------------------------------------
-    def _model_mix(self, state: dict[str, Any], agg: Agg) -> tuple[bool, str]:
-        base: dict[str, list[int]] = state.get("model_base", {})
-        total_base = sum(s for s, _ in base.values())
-        if total_base <= 0 or agg.spend < self.cfg.min_spend_pico:
-            return False, ""
-        new = {m: v for m, v in agg.models.items() if base.get(m, [0, 0])[0] < 0.05 * total_base}
-        new_spend = sum(new.values())
-        if new_spend < 0.5 * agg.spend:
-            return False, ""
-        base_calls = max(1, state.get("model_calls", 1))
-        base_cost_per_call = total_base / base_calls
-        new_cost_per_call = new_spend / max(1, agg.calls)
-        if new_cost_per_call <= 1.5 * base_cost_per_call:
-            return False, ""
-        return True, ", ".join(sorted(new))
-
-    def _spend(self, scope: str, state: dict[str, Any], minute: int, agg: Agg) -> list[Alert]:
-        cfg = self.cfg
-        hist = [h for h in state.get("hist", []) if not h[2]][-cfg.baseline_minutes :]
-        mix, new_models = (
-            self._model_mix(state, agg) if scope.startswith("endpoint:") else (False, "")
-        )
-        active = state.get("spend_alert")
-        if active is None:
-            if len(hist) < cfg.min_baseline_minutes:
-                return []
-            med, thr = spike_threshold([h[1] for h in hist], cfg)
-            cond = agg.spend >= thr or mix
-            state["streak"] = state.get("streak", 0) + 1 if cond else 0
-            if state["streak"] == 1 and cond:
-                state["streak_start"] = minute
-            if state["streak"] < cfg.sustain_minutes or minute <= state.get("cooldown_until", -1):
-                return []
-            first = state["streak_start"]
-            rule: Rule = "model_mix" if mix else "spend_spike"
-            state["spend_alert"] = {
-                "id": str(alert_id("spend", scope, first)),
-                "first": first,
-                "rule": rule,
-                "med": med,
-                "thr": thr,
-                "ok": 0,
-            }
-            state["streak"] = 0
-            msg = (
-                f"{scope}: spend ${pico_to_usd(agg.spend)} in the minute vs usual "
-                f"${pico_to_usd(med)}" + (f"; spend moved to {new_models}" if mix else "")
-            )
-            return [
-                self._alert(
-                    state["spend_alert"],
-                    scope,
-                    minute,
-                    agg,
-                    "firing",
-                    msg,
-                    med,
-                    "critical" if agg.spend >= 10 * max(med, 1) else "warning",
-                )
-            ]
-        cond = agg.spend >= active["thr"] or mix
-        active["ok"] = 0 if cond else active["ok"] + 1
-        if active["ok"] < cfg.resolve_minutes:
+    # --- anomaly (endpoint scopes): see spendstream.stream.detector ------------------------
+    def _anomaly(
+        self, scope: str, state: dict[str, Any], minute: int, agg: Agg, org: Org | None
+    ) -> list[Alert]:
+        cfg = self.dcfg
+        d: dict[str, Any] = state.setdefault("d", {})
+        if d.get("n", 0) < cfg.min_baseline_minutes:  # no history: learn, never fire
+            if agg.calls:
+                self._learn(d, minute, agg)
             return []
-        state["spend_alert"] = None
-        state["cooldown_until"] = minute + cfg.cooldown_minutes
-        msg = f"{scope}: spend back under ${pico_to_usd(active['thr'])} per minute"
-        return [self._alert(active, scope, minute, agg, "resolved", msg, active["med"], "info")]
+        llr, (e_calls, e_spend) = signals(d, cfg, minute, agg)
+        if d.get("inc") is not None:
+            hold(d, cfg, minute)
+            return self._maybe_resolve(scope, d, minute, agg, llr, e_spend)
+        h = cfg.evidence
+        s = [max(0.0, min(3 * h, a + b)) for a, b in zip(d.get("s", [0.0] * 3), llr, strict=True)]
+        if max(s) > 0:
+            d["s"] = [round(v, 4) for v in s]
+            self._accumulate(d, minute, agg, e_calls, e_spend)
+        else:
+            d.pop("s", None)
+            d.pop("acc", None)
+        out = self._maybe_fire(scope, d, minute, agg, org, e_spend)
+        acc = d.get("acc")
+        streak = acc is not None and max(s) >= h / 2 and minute - acc["start"] < 60
+        if out or streak:
+            hold(d, cfg, minute)
+        elif agg.calls:
+            self._learn(d, minute, agg)
+        return out
+
+    def _learn(self, d: dict[str, Any], minute: int, agg: Agg) -> None:
+        learn(d, self.dcfg, minute, agg)
+        base: dict[str, list[int]] = d.setdefault("models", {})
+        for m, v in agg.models.items():
+            sp, n = base.get(m, [0, 0])
+            base[m] = [sp + v, n + 1]
+        if len(base) > 2 * MODEL_BASE_KEEP:
+            d["models"] = _fold_base(base)
+
+    @staticmethod
+    def _accumulate(
+        d: dict[str, Any], minute: int, agg: Agg, e_calls: float, e_spend: float
+    ) -> None:
+        acc = d.get("acc") or {"start": minute, "m": 0, "c": 0, "e": 0, "sp": 0, "tok": 0,
+                               "ec": 0.0, "es": 0.0, "models": {}}  # fmt: skip
+        acc["m"] += 1
+        acc["c"] += agg.calls
+        acc["e"] += agg.errors
+        acc["sp"] += agg.spend
+        acc["tok"] += agg.inp + agg.out
+        acc["ec"] = round(acc["ec"] + e_calls, 3)
+        acc["es"] = round(acc["es"] + e_spend, 1)
+        models: dict[str, int] = acc["models"]
+        for m, v in agg.models.items():
+            models[m] = models.get(m, 0) + v
+        acc["models"] = top_with_other(models, 3)
+        d["acc"] = acc
+
+    def _classify(self, d: dict[str, Any], org: Org | None) -> tuple[Rule, Severity] | None:
+        """Which page (if any) the evidence and its money impact justify."""
+        h, acc, s = self.dcfg.evidence, d["acc"], d["s"]
+        per_min = (acc["sp"] - acc["es"]) / acc["m"]
+        if s[0] >= h and material(self.dcfg, org, per_min):
+            new = _new_models(d, acc)
+            return ("model_mix" if new else "spend_spike"), "critical"
+        base_rate = _long(d)[1] / max(_long(d)[0], 1e-9)
+        rate = acc["e"] / max(acc["c"], 1)
+        if s[2] >= h and rate >= max(0.2, 3 * base_rate):
+            return "error_storm", "warning"
+        xc = (acc["c"] - acc["ec"]) / acc["m"] * 1440
+        need = self.dcfg.material_share * (org.calls_day if org is not None else 0.0)
+        if s[1] >= h and xc > 0 and xc >= need:
+            return "call_storm", "warning"
+        return None
+
+    def _maybe_fire(
+        self, scope: str, d: dict[str, Any], minute: int, agg: Agg, org: Org | None, e_spend: float
+    ) -> list[Alert]:
+        if "acc" not in d or max(d["s"]) < self.dcfg.evidence or minute <= d.get("cool", -1):
+            return []
+        kind = self._classify(d, org)
+        if kind is None:
+            return []
+        rule, sev = kind
+        acc = d["acc"]
+        d["inc"] = {
+            "id": str(alert_id("spend", scope, acc["start"])),
+            "first": acc["start"],
+            "rule": rule,
+            "es": round(e_spend, 1),
+            "sig": [i for i, v in enumerate(d["s"]) if v >= self.dcfg.evidence / 2],
+        }
+        msg, details = _explain(scope, d, acc)
+        return [
+            self._alert(d["inc"], scope, minute, agg, "firing", msg, int(e_spend), sev, details)
+        ]
+
+    def _maybe_resolve(
+        self, scope: str, d: dict[str, Any], minute: int, agg: Agg, llr: list[float], e_spend: float
+    ) -> list[Alert]:
+        # in band: no signal adds evidence; "normal" evidence comes from the signals that fired
+        fired = d["inc"].get("sig") or [0, 1, 2]
+        worst = max(llr[i] for i in fired)
+        r = d.get("r", [0.0, 0])
+        r = [round(r[0] - worst, 4), r[1] + 1] if max(llr) < 0 else [0.0, 0]
+        d["r"] = r
+        if r[0] < self.dcfg.evidence / 2 or r[1] < self.dcfg.resolve_minutes:
+            return []
+        inc = d.pop("inc")
+        for key in ("s", "acc", "r"):
+            d.pop(key, None)
+        d["cool"] = minute + self.dcfg.cooldown_minutes
+        msg = f"{scope}: back to its usual level for {r[1]} minutes (≈ {usd(e_spend)}/min)"
+        return [self._alert(inc, scope, minute, agg, "resolved", msg, int(e_spend), "info")]
 
     # --- price unknown ---------------------------------------------------------------------
     def _price_unknown(

@@ -1,0 +1,235 @@
+"""The anomaly detector of endpoint scopes: sensitivity from each scope's own statistics.
+
+A pure function of one scope's closed event-time minutes (replay at any speed gives the same
+alerts); its state is a small JSON-able dict (~3-5 KB per endpoint once a week of seasonal
+buckets is learned, see :data:`STATE_NOTE`).
+
+**Expected level.** For calls and spend per minute: the *seasonal* level (15-minute buckets of
+the day, separate weekday and weekend profiles, each an EWMA over days with weight
+``1/season_days``) once the bucket has been seen on an earlier day, the max of the bucket and
+its two neighbours so a recurring batch that starts a few minutes early or late is still
+"usual"; before that, a trailing EWMA over ``baseline_minutes``. Long-run (1-day EWMA)
+levels give the per-call baselines (cost per call, tokens per call, error rate) the messages
+compare with. No baseline learns from a minute of an open incident, or of an evidence streak
+(evidence over half the threshold, for at most an hour): an unalerted incident cannot become
+"normal" within minutes, as it did with the former trailing hour.
+
+**Evidence that grows with volume.** Each signal (spend, calls, errors) runs a one-sided
+Poisson CUSUM: per minute, the log-likelihood ratio of "rate ×k" against "rate as expected",
+``n·ln k − λ(k−1)``, summed and floored at 0; the scope fires when the sum reaches
+``evidence`` (nats). Spend is not a count, so it is measured in quasi-Poisson units ``u`` =
+max(cost per call, variance/mean of the minute's spend about its expected level): heavy-tailed
+token counts make ``u`` larger and the test correspondingly more cautious. Evidence per minute
+is ~``λ·(k·ln k − k + 1)`` at rate ×k, so it scales with volume: a 500 calls/min scope doubling
+its spend gathers hundreds of nats in one minute; a 2 calls/min scope a few per minute, and
+its per-minute evidence is capped at half the threshold (when λ < ``evidence``) so one odd
+minute of a thin scope never pages alone — it needs at least two. With k = 2 only minutes
+above ~1.44× the expected level add evidence, so noise, diurnal drift and weekly growth decay.
+
+**Materiality.** Statistically sure is not enough to page: the excess spend (observed −
+expected, averaged over the evidence streak) projected over a day must be at least
+``material_share`` of the organisation's daily spend (an EWMA of ``global:all`` that stage 2
+passes in) or ``material_usd_per_day`` when set. An error or call storm whose money impact is
+immaterial is a ``warning`` (``error_storm`` when errors are ≥ 20% of calls and ≥ 3× usual;
+``call_storm`` when the excess calls are ``material_share`` of the organisation's calls).
+
+**One incident, one alert per endpoint**, firing once and resolving once: after firing, a
+minute is "back in band" when no signal's log-likelihood ratio is positive (every signal
+under ~1.44× expected); the alert resolves after ``resolve_minutes`` such minutes in a row
+whose evidence for "normal" sums to half the threshold — never while the incident goes on.
+Endpoint scopes are the only ones that page: every call belongs to exactly one endpoint, so
+the most specific scope that explains an excess is an endpoint; its message names the service
+and global scopes it moved and the model that replaced the usual one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .prices import PICO, pico_to_usd
+from .windows import Agg
+
+BUCKET = 15
+"""Minutes per seasonal bucket."""
+BUCKETS_PER_DAY = 1440 // BUCKET
+LONG_MINUTES = 1440
+"""Span of the long-run EWMAs (per-call baselines, spend variance)."""
+STATE_NOTE = "~100 B base + ≤ 192 seasonal buckets × ~30 B + ≤ 40 models × ~40 B"
+SIG = ("spend", "calls", "errors")
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    evidence: float = 10.0
+    ratio: float = 2.0
+    error_ratio: float = 3.0
+    baseline_minutes: int = 30
+    min_baseline_minutes: int = 15
+    season_days: float = 3.0
+    resolve_minutes: int = 3
+    cooldown_minutes: int = 10
+    material_share: float = 0.02
+    material_usd_per_day: Decimal = Decimal("0")
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    """The organisation's level (from ``global:all``), per day: spend (pico) and calls."""
+
+    spend_day: float = 0.0
+    calls_day: float = 0.0
+
+
+def _weekend(minute: int) -> bool:
+    return (minute // 1440 + 3) % 7 >= 5  # epoch day 0 was a Thursday
+
+
+def bucket_of(minute: int) -> int:
+    b = (minute % 1440) // BUCKET
+    return b + (BUCKETS_PER_DAY if _weekend(minute) else 0)
+
+
+def _ewma(st: dict[str, Any], key: str, span: int, minute: int) -> list[float]:
+    """The EWMA vector ``key`` decayed to just before ``minute`` (empty minutes are zeros)."""
+    vec, at = st.get(key, [[0.0] * 5, minute - 1])
+    a = max(1.0 / span, 1.0 / (st.get("n", 0) + 1))
+    d = (1 - a) ** max(0, minute - 1 - at)
+    return [v * d for v in vec]
+
+
+def _push(st: dict[str, Any], key: str, span: int, minute: int, x: list[float]) -> None:
+    a = max(1.0 / span, 1.0 / (st.get("n", 0) + 1))
+    prev = _ewma(st, key, span, minute)
+    st[key] = [[round(p + a * (v - p), 6) for p, v in zip(prev, x, strict=True)], minute]
+
+
+def _seasonal(st: dict[str, Any], minute: int) -> tuple[float, float] | None:
+    sea: dict[str, list[float]] = st.get("sea", {})
+    b = bucket_of(minute)
+    if str(b) not in sea:
+        return None
+    base = b - b % BUCKETS_PER_DAY
+    near = [sea.get(str(base + (b - base + k) % BUCKETS_PER_DAY)) for k in (-1, 0, 1)]
+    got = [v for v in near if v is not None]
+    return max(v[0] for v in got), max(v[1] for v in got)
+
+
+def expected(st: dict[str, Any], cfg: DetectorConfig, minute: int) -> tuple[float, float]:
+    """(calls, spend) expected in ``minute``: seasonal when known, else trailing; never under
+    a quarter of the long-run level (a usually silent hour is not an infinite ratio)."""
+    fast = _ewma(st, "f", cfg.baseline_minutes, minute)
+    long = _ewma(st, "l", LONG_MINUTES, minute)
+    sea = _seasonal(st, minute)
+    c, s = sea if sea is not None else (fast[0], fast[2])
+    return max(c, 0.25 * long[0], 0.05), max(s, 0.25 * long[2], 1.0)
+
+
+def _units(st: dict[str, Any], minute: int) -> tuple[float, float]:
+    """Quasi-Poisson units of (calls, spend): variance/mean about the expected level."""
+    long = _ewma(st, "l", LONG_MINUTES, minute)
+    var = st.get("v", [0.0, 0.0])
+    cost = long[2] / max(long[0], 1e-9)
+    u_calls = max(1.0, var[0] / max(long[0], 1e-9))
+    u_spend = max(cost, var[1] / max(long[2], 1e-9), 1.0)
+    return u_calls, u_spend
+
+
+def _llr(n: float, lam: float, k: float, h: float) -> float:
+    v = n * math.log(k) - lam * (k - 1)
+    return min(v, h / 2) if lam < h else v
+
+
+def signals(
+    st: dict[str, Any], cfg: DetectorConfig, minute: int, agg: Agg
+) -> tuple[list[float], tuple[float, float]]:
+    """Per-minute log-likelihood ratios of (spend, calls, errors) and the expected
+    (calls, spend)."""
+    e_calls, e_spend = expected(st, cfg, minute)
+    u_calls, u_spend = _units(st, minute)
+    long = _ewma(st, "l", LONG_MINUTES, minute)
+    err_rate = max(long[1] / max(long[0], 1e-9), 0.01)
+    h = cfg.evidence
+    out = [
+        _llr(agg.spend / u_spend, e_spend / u_spend, cfg.ratio, h),
+        _llr(agg.calls / u_calls, e_calls / u_calls, cfg.ratio, h),
+        _llr(agg.errors, e_calls * err_rate, cfg.error_ratio, h),
+    ]
+    return out, (e_calls, e_spend)
+
+
+def learn(st: dict[str, Any], cfg: DetectorConfig, minute: int, agg: Agg) -> None:
+    """Add a normal minute to the baselines (trailing, long-run, variance, seasonal)."""
+    e_calls, e_spend = expected(st, cfg, minute) if st.get("n", 0) else (agg.calls, agg.spend)
+    x = [float(agg.calls), float(agg.errors), float(agg.spend), float(agg.inp), float(agg.out)]
+    var = st.get("v", [0.0, 0.0])
+    a = max(1.0 / LONG_MINUTES, 1.0 / (st.get("n", 0) + 1))
+    gap = max(0, minute - 1 - st.get("l", [None, minute - 1])[1])
+    d = (1 - a) ** gap
+    st["v"] = [
+        round(var[0] * d * (1 - a) + a * (agg.calls - e_calls) ** 2, 3),
+        round(var[1] * d * (1 - a) + a * (agg.spend - e_spend) ** 2, 3),
+    ]
+    _push(st, "f", cfg.baseline_minutes, minute, x)
+    _push(st, "l", LONG_MINUTES, minute, x)
+    st["n"] = st.get("n", 0) + 1
+    _season_add(st, cfg, minute, agg.calls, agg.spend, excluded=False)
+
+
+def hold(st: dict[str, Any], cfg: DetectorConfig, minute: int) -> None:
+    """An excluded minute: the baselines stay as they are (not decayed by it)."""
+    for key in ("f", "l"):
+        if key in st:
+            st[key] = [st[key][0], minute]
+    _season_add(st, cfg, minute, 0, 0, excluded=True)
+
+
+def _season_add(
+    st: dict[str, Any], cfg: DetectorConfig, minute: int, calls: int, spend: int, *, excluded: bool
+) -> None:
+    inst = minute // BUCKET
+    cur = st.get("cur")
+    if cur is not None and cur[0] != inst:
+        kept = BUCKET - cur[3]
+        if kept >= BUCKET // 2:  # an instance mostly held out teaches nothing
+            sea: dict[str, list[float]] = st.setdefault("sea", {})
+            key = str(bucket_of(cur[0] * BUCKET))
+            mean = (cur[1] / kept, cur[2] / kept)
+            old = sea.get(key)
+            b = 1.0 / cfg.season_days
+            new = (
+                mean
+                if old is None
+                else (old[0] + b * (mean[0] - old[0]), old[1] + b * (mean[1] - old[1]))
+            )
+            sea[key] = [round(new[0], 3), round(new[1], 1)]
+        cur = None
+    if cur is None:
+        cur = [inst, 0, 0, 0]
+    cur[1] += calls
+    cur[2] += spend
+    cur[3] += 1 if excluded else 0
+    st["cur"] = cur
+
+
+def excess(st: dict[str, Any]) -> tuple[float, float]:
+    """(spend pico, calls) per minute above expected over the evidence streak."""
+    acc = st.get("acc")
+    if not acc or acc[5] <= 0:
+        return 0.0, 0.0
+    return acc[6] / acc[5], acc[7] / acc[5]
+
+
+def material(cfg: DetectorConfig, org: Org | None, spend_per_min: float) -> bool:
+    day = spend_per_min * 1440
+    floor = float(cfg.material_usd_per_day * PICO)
+    share = cfg.material_share * org.spend_day if org is not None and org.spend_day > 0 else 0.0
+    need = max(floor, share)
+    return day > 0 and day >= need
+
+
+def usd(pico: float) -> str:
+    v = pico_to_usd(int(pico))
+    return f"${v:.2f}" if abs(v) >= 1 else f"${v:.3f}"
