@@ -64,7 +64,7 @@ SIG = ("spend", "calls", "errors")
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
     evidence: float = 10.0
-    ratio: float = 2.0
+    ratio: float = 2.5
     error_ratio: float = 3.0
     baseline_minutes: int = 30
     min_baseline_minutes: int = 15
@@ -127,13 +127,17 @@ def expected(st: dict[str, Any], cfg: DetectorConfig, minute: int) -> tuple[floa
     return max(c, 0.25 * long[0], 0.05), max(s, 0.25 * long[2], 1.0)
 
 
-def _units(st: dict[str, Any], minute: int) -> tuple[float, float]:
-    """Quasi-Poisson units of (calls, spend): variance/mean about the expected level."""
+def _units(st: dict[str, Any], minute: int, e_calls: float, e_spend: float) -> tuple[float, float]:
+    """Quasi-Poisson units of (calls, spend) at the expected level: variance/mean, with the
+    variance modelled as max(P·E, Q·E²) from the EWMAs of r²/E (P) and r²/E² (Q) of the
+    residuals r. Variance/mean grows with the level when traffic is overdispersed (a
+    gamma-Poisson minute: var = λ + λ²/shape), so one ratio for all hours under-estimated it at
+    the daily peak: most false pages of the first bench runs were at 08:00-10:00."""
     long = _ewma(st, "l", LONG_MINUTES, minute)
-    var = st.get("v", [0.0, 0.0])
+    v = st.get("v", [0.0, 0.0, 0.0, 0.0])
     cost = long[2] / max(long[0], 1e-9)
-    u_calls = max(1.0, var[0] / max(long[0], 1e-9))
-    u_spend = max(cost, var[1] / max(long[2], 1e-9), 1.0)
+    u_calls = max(1.0, v[0], v[1] * e_calls)
+    u_spend = max(cost, v[2], v[3] * e_spend, 1.0)
     return u_calls, u_spend
 
 
@@ -148,7 +152,7 @@ def signals(
     """Per-minute log-likelihood ratios of (spend, calls, errors) and the expected
     (calls, spend)."""
     e_calls, e_spend = expected(st, cfg, minute)
-    u_calls, u_spend = _units(st, minute)
+    u_calls, u_spend = _units(st, minute, e_calls, e_spend)
     long = _ewma(st, "l", LONG_MINUTES, minute)
     err_rate = max(long[1] / max(long[0], 1e-9), 0.01)
     h = cfg.evidence
@@ -164,13 +168,23 @@ def learn(st: dict[str, Any], cfg: DetectorConfig, minute: int, agg: Agg) -> Non
     """Add a normal minute to the baselines (trailing, long-run, variance, seasonal)."""
     e_calls, e_spend = expected(st, cfg, minute) if st.get("n", 0) else (agg.calls, agg.spend)
     x = [float(agg.calls), float(agg.errors), float(agg.spend), float(agg.inp), float(agg.out)]
-    var = st.get("v", [0.0, 0.0])
+    v = st.get("v", [0.0, 0.0, 0.0, 0.0])
     a = max(1.0 / LONG_MINUTES, 1.0 / (st.get("n", 0) + 1))
-    gap = max(0, minute - 1 - st.get("l", [None, minute - 1])[1])
-    d = (1 - a) ** gap
+    rc, rs = (agg.calls - e_calls) ** 2, (agg.spend - e_spend) ** 2
+    ec, es = max(e_calls, 0.05), max(e_spend, 1.0)
+    new = (rc / ec, rc / ec**2, rs / es, rs / es**2)
+    # winsorised at 9× the current estimate (floored at one unit: a call, a call's cost) so
+    # an unalerted shift or one odd minute cannot inflate the units and blind the scope
+    cost = agg.spend / agg.calls if agg.calls else 1.0
+    caps = (
+        9 * max(v[0], 1.0),
+        9 * max(v[1], 1 / ec),
+        9 * max(v[2], cost),
+        9 * max(v[3], cost / es),
+    )
     st["v"] = [
-        round(var[0] * d * (1 - a) + a * (agg.calls - e_calls) ** 2, 3),
-        round(var[1] * d * (1 - a) + a * (agg.spend - e_spend) ** 2, 3),
+        float(f"{old + a * (min(x, cap) - old):.6g}")
+        for old, x, cap in zip(v, new, caps, strict=True)
     ]
     _push(st, "f", cfg.baseline_minutes, minute, x)
     _push(st, "l", LONG_MINUTES, minute, x)

@@ -38,6 +38,10 @@ from .windows import OTHER, Agg, top_with_other
 
 HIST_KEEP = 5
 """Closed minutes kept per scope (the budget rule's recent rate)."""
+HOLD_MINUTES = 360
+"""An evidence streak that has not paged (immaterial) is held out of the baselines this long,
+then learned as the new normal (a slow ramp is caught within it)."""
+"""Closed minutes kept per scope (the budget rule's recent rate)."""
 MODEL_BASE_KEEP = 40
 """Models kept in an endpoint's model baseline (by spend); the rest are summed under OTHER."""
 
@@ -45,7 +49,7 @@ MODEL_BASE_KEEP = 40
 @dataclass(frozen=True, slots=True)
 class RuleConfig:
     evidence: float = 10.0
-    ratio: float = 2.0
+    ratio: float = 2.5
     error_ratio: float = 3.0
     baseline_minutes: int = 30
     min_baseline_minutes: int = 15
@@ -246,7 +250,7 @@ class ScopeRules:
             d.pop("acc", None)
         out = self._maybe_fire(scope, d, minute, agg, org, e_spend)
         acc = d.get("acc")
-        streak = acc is not None and max(s) >= h / 2 and minute - acc["start"] < 60
+        streak = acc is not None and max(s) >= h / 2 and minute - acc["start"] < HOLD_MINUTES
         if out or streak:
             hold(d, cfg, minute)
         elif agg.calls:
