@@ -39,7 +39,7 @@ from spendstream.stream.pipeline import Snapshot, Stage2, route
 from spendstream.stream.rules import RuleConfig
 from spendstream.stream.windows import Agg
 
-START = 29_455_200  # 2026-01-05 00:00 UTC (a Monday), epoch minutes
+START = 29_459_520  # 2026-01-05 00:00 UTC (a Monday), epoch minutes
 PRICES = {"mini": (150_000, 600_000), "4o": (2_500_000, 10_000_000), "o1": (15_000_000, 60_000_000)}
 """Picodollars per token (input, output)."""
 KINDS = ("model_switch", "prompt_bloat", "retry_storm", "volume_storm", "ramp", "new_model")
@@ -232,15 +232,21 @@ def scopes_of(aggs: list[Agg]) -> dict[str, Agg]:
 
 def simulate(seed: int, scale: float, weeks: int, cfg: RuleConfig) -> tuple[Traffic, list[Alert]]:
     traffic = Traffic(seed, scale, weeks)
-    table: dict[str, Any] = {}
+    return traffic, run(traffic, weeks * 10080, cfg)
+
+
+def run(
+    traffic: Traffic, minutes: int, cfg: RuleConfig, table: dict[str, Any] | None = None
+) -> list[Alert]:
+    """``minutes`` of ``traffic`` from START through the worker's :class:`Stage2` (2 stage-2
+    partitions, snapshots routed as the worker routes them)."""
+    table = {} if table is None else table
     parts = 2
     s2 = Stage2(table, cfg, 1, 0, 15, clock=lambda: 1e12)
     alerts: list[Alert] = []
-    for m in range(START, START + weeks * 10080):
-        snaps = [
-            Snapshot(0, sc, m, m - START, a.to_dict())
-            for sc, a in scopes_of(traffic.minute(m)).items()
-        ]
+    for m in range(START, START + minutes):
+        scopes = scopes_of(traffic.minute(m))
+        snaps = [Snapshot(0, sc, m, m - START, a.to_dict()) for sc, a in scopes.items()]
         by_q: dict[int, list[Snapshot]] = {q: [] for q in range(parts)}
         for q, sn in route(snaps, parts):
             by_q[q].append(sn)
@@ -248,7 +254,7 @@ def simulate(seed: int, scale: float, weeks: int, cfg: RuleConfig) -> tuple[Traf
             s2.apply_snapshots(q, by_q[q])
             s2.set_watermarks(q, {0: ((m + 1) * 60 + 1, False)})
             alerts += s2.close(q).alerts
-    return traffic, alerts
+    return alerts
 
 
 @dataclass

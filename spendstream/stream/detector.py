@@ -22,8 +22,9 @@ max(cost per call, variance/mean of the minute's spend about its expected level)
 token counts make ``u`` larger and the test correspondingly more cautious. Evidence per minute
 is ~``λ·(k·ln k − k + 1)`` at rate ×k, so it scales with volume: a 500 calls/min scope doubling
 its spend gathers hundreds of nats in one minute; a 2 calls/min scope a few per minute, and
-its per-minute evidence is capped at half the threshold (when λ < ``evidence``) so one odd
-minute of a thin scope never pages alone — it needs at least two. With k = 2 only minutes
+its per-minute evidence is capped at half the threshold unless overwhelming (≥ 3× the
+threshold on a scope with λ ≥ ``evidence``), so one odd minute never pages alone — it needs
+at least two; a ×16 model switch on a busy endpoint pages in one. With k = 2 only minutes
 above ~1.44× the expected level add evidence, so noise, diurnal drift and weekly growth decay.
 
 **Materiality.** Statistically sure is not enough to page: the excess spend (observed −
@@ -106,7 +107,7 @@ def _push(st: dict[str, Any], key: str, span: int, minute: int, x: list[float]) 
     st[key] = [[round(p + a * (v - p), 6) for p, v in zip(prev, x, strict=True)], minute]
 
 
-def _seasonal(st: dict[str, Any], minute: int) -> tuple[float, float] | None:
+def seasonal(st: dict[str, Any], minute: int) -> tuple[float, float] | None:
     sea: dict[str, list[float]] = st.get("sea", {})
     b = bucket_of(minute)
     if str(b) not in sea:
@@ -122,7 +123,7 @@ def expected(st: dict[str, Any], cfg: DetectorConfig, minute: int) -> tuple[floa
     a quarter of the long-run level (a usually silent hour is not an infinite ratio)."""
     fast = _ewma(st, "f", cfg.baseline_minutes, minute)
     long = _ewma(st, "l", LONG_MINUTES, minute)
-    sea = _seasonal(st, minute)
+    sea = seasonal(st, minute)
     c, s = sea if sea is not None else (fast[0], fast[2])
     return max(c, 0.25 * long[0], 0.05), max(s, 0.25 * long[2], 1.0)
 
@@ -142,23 +143,27 @@ def _units(st: dict[str, Any], minute: int, e_calls: float, e_spend: float) -> t
 
 
 def _llr(n: float, lam: float, k: float, h: float) -> float:
+    """One minute's evidence, capped at h/2 (so two minutes are needed) unless it is
+    overwhelming (≥ 3h) on a scope with λ ≥ h: a gamma-Poisson minute (shape 20) reaches ×2.4
+    about once in 10⁵ minutes, which paged alone at 480 calls/min."""
     v = n * math.log(k) - lam * (k - 1)
-    return min(v, h / 2) if lam < h else v
+    return v if lam >= h and v >= 3 * h else min(v, h / 2)
 
 
 def signals(
-    st: dict[str, Any], cfg: DetectorConfig, minute: int, agg: Agg
+    st: dict[str, Any], cfg: DetectorConfig, minute: int, agg: Agg, ratio: float | None = None
 ) -> tuple[list[float], tuple[float, float]]:
-    """Per-minute log-likelihood ratios of (spend, calls, errors) and the expected
-    (calls, spend)."""
+    """Per-minute log-likelihood ratios of (spend, calls, errors) for "×``ratio``" (default
+    ``cfg.ratio``) against "as expected", and the expected (calls, spend)."""
+    k = ratio or cfg.ratio
     e_calls, e_spend = expected(st, cfg, minute)
     u_calls, u_spend = _units(st, minute, e_calls, e_spend)
     long = _ewma(st, "l", LONG_MINUTES, minute)
     err_rate = max(long[1] / max(long[0], 1e-9), 0.01)
     h = cfg.evidence
     out = [
-        _llr(agg.spend / u_spend, e_spend / u_spend, cfg.ratio, h),
-        _llr(agg.calls / u_calls, e_calls / u_calls, cfg.ratio, h),
+        _llr(agg.spend / u_spend, e_spend / u_spend, k, h),
+        _llr(agg.calls / u_calls, e_calls / u_calls, k, h),
         _llr(agg.errors, e_calls * err_rate, cfg.error_ratio, h),
     ]
     return out, (e_calls, e_spend)
@@ -192,11 +197,17 @@ def learn(st: dict[str, Any], cfg: DetectorConfig, minute: int, agg: Agg) -> Non
     _season_add(st, cfg, minute, agg.calls, agg.spend, excluded=False)
 
 
-def hold(st: dict[str, Any], cfg: DetectorConfig, minute: int) -> None:
-    """An excluded minute: the baselines stay as they are (not decayed by it)."""
+def hold(st: dict[str, Any], cfg: DetectorConfig, minute: int, agg: Agg | None = None) -> None:
+    """An excluded minute: the baselines stay as they are (not decayed by it). With ``agg``
+    (an evidence streak that has not paged) the trailing level still follows: freezing it
+    during a natural morning ramp made the expected level fall further behind, the streak
+    longer and the baseline frozen for hours (most first-day false pages)."""
     for key in ("f", "l"):
         if key in st:
             st[key] = [st[key][0], minute]
+    if agg is not None and "f" in st:
+        x = [float(agg.calls), float(agg.errors), float(agg.spend), float(agg.inp), float(agg.out)]
+        _push(st, "f", cfg.baseline_minutes, minute, x)
     _season_add(st, cfg, minute, 0, 0, excluded=True)
 
 

@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..alerts import Alert, Contributor, Rule, Severity, alert_id, minute_dt
-from .detector import SIG, DetectorConfig, Org, hold, learn, material, signals, usd
+from .detector import SIG, DetectorConfig, Org, hold, learn, material, seasonal, signals, usd
 from .prices import PICO, pico_to_usd
 from .windows import OTHER, Agg, top_with_other
 
@@ -238,8 +238,12 @@ class ScopeRules:
             return []
         llr, (e_calls, e_spend) = signals(d, cfg, minute, agg)
         if d.get("inc") is not None:
+            # hysteresis: back to normal is tested against half-way to ×k (×1.75), so a
+            # minute above ~1.35× expected counts against resolving (a ramp at ×1.7 resolved
+            # 5 minutes after firing when tested against ×k)
+            back, _ = signals(d, cfg, minute, agg, (1 + cfg.ratio) / 2)
             hold(d, cfg, minute)
-            return self._maybe_resolve(scope, d, minute, agg, llr, e_spend)
+            return self._maybe_resolve(scope, d, minute, agg, back, e_spend)
         h = cfg.evidence
         s = [max(0.0, min(3 * h, a + b)) for a, b in zip(d.get("s", [0.0] * 3), llr, strict=True)]
         if max(s) > 0:
@@ -251,8 +255,10 @@ class ScopeRules:
         out = self._maybe_fire(scope, d, minute, agg, org, e_spend)
         acc = d.get("acc")
         streak = acc is not None and max(s) >= h / 2 and minute - acc["start"] < HOLD_MINUTES
-        if out or streak:
+        if out:
             hold(d, cfg, minute)
+        elif streak:
+            hold(d, cfg, minute, agg)
         elif agg.calls:
             self._learn(d, minute, agg)
         return out
@@ -285,11 +291,17 @@ class ScopeRules:
         acc["models"] = top_with_other(models, 3)
         d["acc"] = acc
 
-    def _classify(self, d: dict[str, Any], org: Org | None) -> tuple[Rule, Severity] | None:
+    def _classify(
+        self, d: dict[str, Any], minute: int, org: Org | None
+    ) -> tuple[Rule, Severity] | None:
         """Which page (if any) the evidence and its money impact justify."""
         h, acc, s = self.dcfg.evidence, d["acc"], d["s"]
         per_min = (acc["sp"] - acc["es"]) / acc["m"]
-        if s[0] >= h and material(self.dcfg, org, per_min):
+        # the streak as a whole must be well above expected (half-way to ×k), not a run of
+        # noise a few minutes long: most false pages of heavy-tailed scopes were ×1.2-×1.6
+        k = self.dcfg.ratio
+        gate = (1 + k) / 2
+        if s[0] >= h and acc["sp"] >= gate * acc["es"] and material(self.dcfg, org, per_min):
             new = _new_models(d, acc)
             return ("model_mix" if new else "spend_spike"), "critical"
         base_rate = _long(d)[1] / max(_long(d)[0], 1e-9)
@@ -298,7 +310,10 @@ class ScopeRules:
             return "error_storm", "warning"
         xc = (acc["c"] - acc["ec"]) / acc["m"] * 1440
         need = self.dcfg.material_share * (org.calls_day if org is not None else 0.0)
-        if s[1] >= h and xc > 0 and xc >= need:
+        # a volume warning wants the seasonal level (known after a day) and ×k over the streak:
+        # night troughs and first-day ramps gave ×1.8 runs on the trailing level
+        known = seasonal(d, minute) is not None
+        if known and s[1] >= h and acc["c"] >= k * acc["ec"] and xc > 0 and xc >= need:
             return "call_storm", "warning"
         return None
 
@@ -307,7 +322,7 @@ class ScopeRules:
     ) -> list[Alert]:
         if "acc" not in d or max(d["s"]) < self.dcfg.evidence or minute <= d.get("cool", -1):
             return []
-        kind = self._classify(d, org)
+        kind = self._classify(d, minute, org)
         if kind is None:
             return []
         rule, sev = kind
@@ -327,11 +342,12 @@ class ScopeRules:
     def _maybe_resolve(
         self, scope: str, d: dict[str, Any], minute: int, agg: Agg, llr: list[float], e_spend: float
     ) -> list[Alert]:
-        # in band: no signal adds evidence; "normal" evidence comes from the signals that fired
-        fired = d["inc"].get("sig") or [0, 1, 2]
-        worst = max(llr[i] for i in fired)
+        # evidence for "back to normal" against "still ×k": a CUSUM of -llr of the signals
+        # that fired (the most elevated one counts); per-minute "every signal calm" never
+        # held on a thin scope, where any minute with a call looks elevated
         r = d.get("r", [0.0, 0])
-        r = [round(r[0] - worst, 4), r[1] + 1] if max(llr) < 0 else [0.0, 0]
+        total = max(0.0, r[0] - max(llr[i] for i in d["inc"].get("sig") or (0, 1, 2)))
+        r = [round(total, 4), r[1] + 1 if total > 0 else 0]
         d["r"] = r
         if r[0] < self.dcfg.evidence / 2 or r[1] < self.dcfg.resolve_minutes:
             return []
