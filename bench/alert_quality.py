@@ -321,11 +321,12 @@ def main() -> None:
     ap.add_argument("--weeks", type=int, default=3)
     ap.add_argument("--scales", default="10,100,1000,5000")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--evidence", type=float, default=RuleConfig().evidence)
     args = ap.parse_args()
-    cfg = RuleConfig()
+    cfg = RuleConfig(evidence=args.evidence)
     seeds = [int(x) for x in args.seeds.split(",")]
     total_expected = total_detected = 0
-    print(f"seeds {seeds}, {args.weeks} weeks each (first is warm-up), default RuleConfig")
+    print(f"seeds {seeds}, {args.weeks} weeks each (first is warm-up), {cfg}")
     print(
         f"{'calls/min':>9} {'incidents':>9} {'detected':>8} {'recall':>6} {'pages/inc':>9} "
         f"{'res>end':>7} {'false/wk':>8} {'med delay':>9} {'immat paged':>11}"
