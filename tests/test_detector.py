@@ -43,7 +43,7 @@ CASES = [
     ("model_switch", "support/answer", 16.0, "model_mix", "critical"),
     ("prompt_bloat", "docs/extract", 5.0, "spend_spike", "critical"),
     ("retry_storm", "docs/classify", 4.0, "error_storm", "warning"),
-    ("volume_storm", "search/rerank", 4.0, "call_storm", "warning"),
+    ("volume_storm", "search/rerank", 4.0, "spend_spike", "critical"),  # ×4 calls: material $
     ("new_model", "support/triage", 0.6, "model_mix", "critical"),
     ("ramp", "search/summarise", 2.8, "spend_spike", "critical"),
 ]

@@ -64,7 +64,7 @@ SIG = ("spend", "calls", "errors")
 
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
-    evidence: float = 10.0
+    evidence: float = 12.0
     ratio: float = 2.5
     error_ratio: float = 3.0
     baseline_minutes: int = 30

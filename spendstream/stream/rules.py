@@ -48,7 +48,7 @@ MODEL_BASE_KEEP = 40
 
 @dataclass(frozen=True, slots=True)
 class RuleConfig:
-    evidence: float = 10.0
+    evidence: float = 12.0
     ratio: float = 2.5
     error_ratio: float = 3.0
     baseline_minutes: int = 30
