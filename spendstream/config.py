@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     prompt_hash_key: SecretStr | None = None
     """HMAC-SHA256 key of the prompt/response digests the PostgreSQL sink stores (unset: none)."""
     alert_evidence: float = Field(12.0, gt=0)
-    alert_ratio: float = Field(2.0, gt=1)
+    alert_ratio: float = Field(2.5, gt=1)
     alert_error_ratio: float = Field(3.0, gt=1)
     alert_baseline_minutes: int = Field(30, ge=5)
     alert_min_baseline_minutes: int = Field(15, ge=1)

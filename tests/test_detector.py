@@ -149,3 +149,14 @@ def test_price_unknown_fires_at_once_and_resolves_after_quiet_minutes() -> None:
     ]
     assert out[0].window_start.timestamp() == 0 and out[0].details["calls"] == "3"
     assert out[1].window_start.timestamp() / 60 == 4 + 3 * cfg.resolve_minutes
+
+
+def test_the_workers_settings_default_to_the_offline_rule_config() -> None:
+    """The worker builds its rules from Settings, offline.run from RuleConfig(): a default
+    that differs between them (ALERT_RATIO was 2.0 against 2.5) makes replay ≠ live."""
+    from dataclasses import asdict
+
+    from spendstream.config import Settings
+    from spendstream.stream.rules import RuleConfig
+
+    assert asdict(Settings(_env_file=None).rule_config()) == asdict(RuleConfig())

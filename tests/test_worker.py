@@ -51,7 +51,7 @@ def replay_through_worker(
     tmp: Path,
     n_workers: int = 1,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Replay the file into private topics with one worker running; return the alerts and
+    """Replay the file into private topics with ``n_workers`` workers running; return the alerts and
     the latest revision of every window once as many windows as expected have closed."""
     s, env = private_settings(stack, "day")
     alerts = TopicReader(s, s.topic_alerts)
@@ -93,7 +93,7 @@ def test_model_switch_fires_once_resolves_and_replays_identically(
     # the same computation in one process, without Kafka: the reference
     offline = run(records_of(events, 12))
     fast_alerts, fast_windows = replay_through_worker(
-        stack, path, len(offline.windows), ["--max-speed"], tmp_path
+        stack, path, len(offline.windows), ["--max-speed"], tmp_path, n_workers=2
     )
 
     on_target = [a for a in fast_alerts if a.scope == TARGET]

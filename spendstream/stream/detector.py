@@ -24,8 +24,8 @@ is ~``λ·(k·ln k − k + 1)`` at rate ×k, so it scales with volume: a 500 cal
 its spend gathers hundreds of nats in one minute; a 2 calls/min scope a few per minute, and
 its per-minute evidence is capped at half the threshold unless overwhelming (≥ 3× the
 threshold on a scope with λ ≥ ``evidence``), so one odd minute never pages alone — it needs
-at least two; a ×16 model switch on a busy endpoint pages in one. With k = 2 only minutes
-above ~1.44× the expected level add evidence, so noise, diurnal drift and weekly growth decay.
+at least two; a ×16 model switch on a busy endpoint pages in one. With k = 2.5 only minutes
+above ~1.64× the expected level add evidence, so noise, diurnal drift and weekly growth decay.
 
 **Materiality.** Statistically sure is not enough to page: the excess spend (observed −
 expected, averaged over the evidence streak) projected over a day must be at least
@@ -36,7 +36,7 @@ immaterial is a ``warning`` (``error_storm`` when errors are ≥ 20% of calls an
 
 **One incident, one alert per endpoint**, firing once and resolving once: after firing, a
 minute is "back in band" when no signal's log-likelihood ratio is positive (every signal
-under ~1.44× expected); the alert resolves after ``resolve_minutes`` such minutes in a row
+under ~1.64× expected); the alert resolves after ``resolve_minutes`` such minutes in a row
 whose evidence for "normal" sums to half the threshold — never while the incident goes on.
 Endpoint scopes are the only ones that page: every call belongs to exactly one endpoint, so
 the most specific scope that explains an excess is an endpoint; its message names the service

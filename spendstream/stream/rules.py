@@ -249,6 +249,14 @@ class ScopeRules:
         if max(s) > 0:
             d["s"] = [round(v, 4) for v in s]
             self._accumulate(d, minute, agg, e_calls, e_spend)
+            # the change point: the minute after the streak's lowest evidence (CUSUM's
+            # estimate of when the rate changed), not the streak's first minute; a noise
+            # minute that left a little evidence started streaks 7 minutes before a switch
+            low = d["acc"].get("low")
+            if low is None:
+                d["acc"]["low"] = [round(max(s), 4), minute]
+            elif max(s) <= low[0]:
+                d["acc"]["low"] = [round(max(s), 4), minute + 1]
         else:
             d.pop("s", None)
             d.pop("acc", None)
@@ -328,8 +336,8 @@ class ScopeRules:
         rule, sev = kind
         acc = d["acc"]
         d["inc"] = {
-            "id": str(alert_id("spend", scope, acc["start"])),
-            "first": acc["start"],
+            "id": str(alert_id("spend", scope, acc["low"][1])),
+            "first": acc["low"][1],
             "rule": rule,
             "es": round(e_spend, 1),
             "sig": [i for i, v in enumerate(d["s"]) if v >= self.dcfg.evidence / 2],
