@@ -42,6 +42,10 @@ from spendstream.stream.windows import Agg
 START = 29_459_520  # 2026-01-05 00:00 UTC (a Monday), epoch minutes
 PRICES = {"mini": (150_000, 600_000), "4o": (2_500_000, 10_000_000), "o1": (15_000_000, 60_000_000)}
 """Picodollars per token (input, output)."""
+REACH_CALLS = 30
+"""Incidents with at least this many calls are "within the statistics' reach": a 20-minute
+incident on a 0.2 call/min endpoint is 4 calls, and no test tells 4 heavy-tailed calls at ×3
+from noise without paging on noise too. Reported beside the recall, which counts every one."""
 KINDS = ("model_switch", "prompt_bloat", "retry_storm", "volume_storm", "ramp", "new_model")
 
 
@@ -80,6 +84,7 @@ class Incident:
     excess_pico: float = 0.0
     base_pico: float = 0.0
     minutes: int = 0
+    calls: int = 0
 
 
 def shape(minute: int) -> float:
@@ -167,6 +172,7 @@ class Traffic:
                 inc.excess_pico += agg.spend - base_spend
                 inc.base_pico += base_spend
                 inc.minutes += 1
+                inc.calls += agg.calls
             out.append(agg)
             self.total_pico += agg.spend
         return out
@@ -267,6 +273,8 @@ class Score:
     weeks: float = 0.0
     immaterial: int = 0
     immaterial_paged: int = 0
+    reach: int = 0
+    reach_detected: int = 0
 
 
 def score(
@@ -296,9 +304,11 @@ def score(
             sc.immaterial_paged += bool(hits)
             continue
         sc.expected += 1
+        sc.reach += inc.calls >= REACH_CALLS
         if not hits:
             continue
         sc.detected += 1
+        sc.reach_detected += inc.calls >= REACH_CALLS
         sc.pages += len(hits)
         first = hits[0]
         res = resolved.get(first.alert_id)
@@ -329,7 +339,8 @@ def main() -> None:
     print(f"seeds {seeds}, {args.weeks} weeks each (first is warm-up), {cfg}")
     print(
         f"{'calls/min':>9} {'incidents':>9} {'detected':>8} {'recall':>6} {'pages/inc':>9} "
-        f"{'res>end':>7} {'false/wk':>8} {'med delay':>9} {'immat paged':>11}"
+        f"{'res>end':>7} {'false/wk':>8} {'med delay':>9} {'immat paged':>11} "
+        f"{'recall(>=30 calls)':>18}"
     )
     for scale in [float(x) for x in args.scales.split(",")]:
         agg, delays, t0 = Score(), [], time.monotonic()
@@ -346,6 +357,8 @@ def main() -> None:
                 "false_pages",
                 "immaterial",
                 "immaterial_paged",
+                "reach",
+                "reach_detected",
             ):
                 setattr(agg, f, getattr(agg, f) + getattr(sc, f))
             agg.weeks += sc.weeks
@@ -357,7 +370,8 @@ def main() -> None:
             f"{scale:>9.0f} {agg.expected:>9} {agg.detected:>8} {recall:>6.3f} "
             f"{agg.pages / max(agg.detected, 1):>9.2f} {agg.resolved_after_end:>7} "
             f"{agg.false_pages / agg.weeks:>8.2f} {med:>9.1f} "
-            f"{agg.immaterial_paged:>5}/{agg.immaterial:<5} ({time.monotonic() - t0:.0f} s)"
+            f"{agg.immaterial_paged:>5}/{agg.immaterial:<5} "
+            f"{agg.reach_detected:>4}/{agg.reach:<4} ({time.monotonic() - t0:.0f} s)"
         )
         thin = sorted(delays)
         if thin:
@@ -391,6 +405,7 @@ def _explain(traffic: Traffic, alerts: list[Alert], sc: Score) -> None:
         ]
         print(
             f"  {inc.kind:13} {scope:28} {inc.end - inc.start:4}m size {inc.size:5.2f} "
+            f"calls {inc.calls:5} "
             f"excess/day ${inc.excess_pico / max(inc.minutes, 1) * 1440 / 1e12:9.2f} "
             f"hits {len(hits)} {hits[0].message[:90] if hits else ''}"
         )
