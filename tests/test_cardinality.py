@@ -85,7 +85,7 @@ def test_no_stage1_record_grows_with_the_number_of_scopes_in_a_minute() -> None:
     s1 = Stage1(state)
     s1.apply(0, 0, aggregate(calls))
     sizes = [len(json.dumps(v)) for v in state.values()]
-    assert len(state) == 5_000 + 4 + 1  # endpoints, model/service/team/global, watermark
+    assert len(state) == 5_000 + 4 + 2  # endpoints, model/service/team/global, watermark, version
     assert max(sizes) < 4096
     snaps = s1.snapshots(0)
     assert len(snaps) == 5_004
