@@ -10,10 +10,10 @@ from decimal import Decimal
 
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
+from spendstream.money import PICO
 from spendstream.probes import pg_value, prom_value
 from spendstream.sinks.postgres import migrate_db
 from spendstream.stack.checks import postgres_ensure_database
-from spendstream.stream.prices import PICO
 from tests.stream_helpers import TopicReader, latest_windows, private_settings, wait_for
 
 

@@ -24,8 +24,8 @@ from confluent_kafka import Producer
 from spendstream import wire
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent, example_event
+from spendstream.money import PICO
 from spendstream.stream.enrich import Enricher
-from spendstream.stream.prices import PICO
 from tests.books import migrated_db, query
 from tests.stream_helpers import TopicReader, sink_process, wait_for, workers
 
