@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spendstream.config import Settings
 from spendstream.events import EnrichedEvent
+from spendstream.livespend import LiveSpend
+from spendstream.money import pico_to_usd
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
-from spendstream.sinks.live import LiveSpend
-from spendstream.stream.prices import pico_to_usd
 from tests.stream_helpers import (
     TopicReader,
     latest_windows,

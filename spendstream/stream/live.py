@@ -1,11 +1,8 @@
-"""Live spend in Redis: current hourly and daily spend per scope, one round trip to read.
+"""Live spend in Redis, the worker's write side (keys and reader: :mod:`spendstream.livespend`).
 
-The stream worker writes, when a minute closes, each scope's spend so far in that minute's
-UTC hour and day (``SET`` of an absolute value with a TTL — idempotent, so a replayed close
-writes the same number). Values are integer picodollars. The figures trail real time by the
-worker's allowed lateness plus a minute (only closed minutes count) and leave out late
-corrections; they are meant for budget checks in services and the router, while PostgreSQL and
-the windows topic hold the exact books. Redis being down never stops the worker.
+When a minute closes, stage 2 writes each scope's spend so far in that minute's UTC hour and
+day as an absolute value with a TTL, so a replayed close writes the same number. Redis being
+down never stops the worker: a failed write is logged, counted, and writes pause for 10 s.
 """
 
 from __future__ import annotations
@@ -13,28 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..stream.prices import pico_to_usd
+from ..livespend import DAY_TTL_S, HOUR_TTL_S, day_key, hour_key
+from ..scopes import minute_dt
 
 if TYPE_CHECKING:
-    from ..stream.pipeline import WindowTotal
+    from .pipeline import WindowTotal
 
 log = logging.getLogger("spendstream.live")
-
-PREFIX = "spendstream:spend"
-HOUR_TTL_S = 3 * 3600
-DAY_TTL_S = 3 * 86400
-
-
-def hour_key(scope: str, at: datetime) -> str:
-    return f"{PREFIX}:hour:{at.astimezone(UTC):%Y-%m-%dT%H}:{scope}"
-
-
-def day_key(scope: str, at: datetime) -> str:
-    return f"{PREFIX}:day:{at.astimezone(UTC):%Y-%m-%d}:{scope}"
 
 
 class LiveSpendWriter:
@@ -52,7 +36,7 @@ class LiveSpendWriter:
         pipe = self.redis.pipeline(transaction=False)
         n = 0
         for w in windows:
-            at = datetime.fromtimestamp(w.minute * 60, UTC)
+            at = minute_dt(w.minute)
             pipe.set(hour_key(w.scope, at), w.hour_spend, ex=HOUR_TTL_S)
             pipe.set(day_key(w.scope, at), w.day_spend, ex=DAY_TTL_S)
             n += 1
@@ -68,21 +52,3 @@ class LiveSpendWriter:
 
     async def close(self) -> None:
         await self.redis.aclose()
-
-
-class LiveSpend:
-    """Read side for services and the router: ``spend("team:search")`` → (hour, day) USD."""
-
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self.redis: Any = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-    def spend(self, scope: str, at: datetime | None = None) -> tuple[Decimal, Decimal]:
-        """Spend of ``scope`` in the UTC hour and day containing ``at`` (default now)."""
-        at = at or datetime.now(UTC)
-        hour, day = self.redis.mget(hour_key(scope, at), day_key(scope, at))
-        return pico_to_usd(int(hour or 0)), pico_to_usd(int(day or 0))
-
-    def close(self) -> None:
-        self.redis.close()

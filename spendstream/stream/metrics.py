@@ -32,10 +32,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..stream.prices import PICO
+from ..money import PICO, usd_to_pico_rounded
 
 if TYPE_CHECKING:
-    from ..stream.enrich import EnrichedCall
+    from .enrich import EnrichedCall
 
 LABELS = ("service", "endpoint", "provider", "model", "team", "status")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
@@ -159,7 +159,7 @@ class PipelineMetrics(Collector):
             if ev.cache_hit:
                 self.cache_hits[key] = self.cache_hits.get(key, 0) + 1
                 if ev.cache_saved_usd:
-                    saved = int(ev.cache_saved_usd.scaleb(12))
+                    saved = usd_to_pico_rounded(ev.cache_saved_usd)
                     self.cache_saved_pico[key] = self.cache_saved_pico.get(key, 0) + saved
             if t.estimated:
                 self.estimated[key] = self.estimated.get(key, 0) + 1
