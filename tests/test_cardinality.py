@@ -16,7 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from spendstream.events import LLMCallEvent, Usage, example_event
 from spendstream.money import PICO
-from spendstream.scopes import endpoint_scope
+from spendstream.scopes import endpoint_scope, minute_of
 from spendstream.stream.enrich import EnrichedCall, Enricher
 from spendstream.stream.metrics import PipelineMetrics
 from spendstream.stream.pipeline import DictState, Snapshot, Stage1, Stage2
@@ -25,7 +25,7 @@ from spendstream.stream.rules import HIST_KEEP, RuleConfig, ScopeRules
 from spendstream.stream.windows import OTHER, TOP_NAMES, Agg, RecordAggregate
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-MINUTE0 = int(T0.timestamp() // 60)
+MINUTE0 = minute_of(T0.timestamp())
 SAFE_BYTES = 256 * 1024
 
 
