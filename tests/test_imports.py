@@ -172,3 +172,31 @@ def _imports_any(path: Path) -> list[tuple[str, bool]]:
         elif isinstance(node, ast.Import):
             out += [(a.name, False) for a in node.names]
     return out
+
+
+DEFINED_ONCE = {
+    "spendstream.money": {"PICO", "usd_to_pico", "usd_to_pico_rounded", "pico_to_usd", "usd_str"},
+    "spendstream.scopes": {
+        "MINUTE", "GLOBAL", "endpoint_scope", "model_scope", "service_scope", "team_scope",
+        "call_scopes", "minute_of", "minute_dt",
+    },
+}  # fmt: skip
+
+
+def test_money_and_time_helpers_are_defined_once() -> None:
+    """No module defines (a function, class or module-level name) what money/scopes define:
+    re-exports are imports, so a second ``def pico_to_usd`` or ``MINUTE = 60`` fails here."""
+    names = {n: home for home, ns in DEFINED_ONCE.items() for n in ns}
+    twice = []
+    for path in _files():
+        module = module_name(path)
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined = [node.name]
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                defined = [t.id for t in targets if isinstance(t, ast.Name)]
+            else:
+                continue
+            twice += [f"{module}.{n}" for n in defined if names.get(n, module) != module]
+    assert twice == []
