@@ -38,6 +38,13 @@ def endpoint_scope(service: str, endpoint: str) -> str:
     return f"endpoint:{service}{sep}{endpoint}"
 
 
+def endpoint_service(scope: str) -> str:
+    """The service of an ``endpoint:`` scope, unescaped: ``service_scope(endpoint_service(s))``
+    is that endpoint's service scope (splitting at the first ``/`` alone leaves ``%2F`` in)."""
+    escaped = scope.removeprefix("endpoint:").split("/", 1)[0]
+    return escaped.replace("%2F", "/").replace("%25", "%") if "%" in escaped else escaped
+
+
 def model_scope(provider: str, model: str) -> str:
     """``model:<provider>/<request model>``."""
     return f"model:{provider}/{model}"

@@ -177,7 +177,8 @@ def _imports_any(path: Path) -> list[tuple[str, bool]]:
 DEFINED_ONCE = {
     "spendstream.money": {"PICO", "usd_to_pico", "usd_to_pico_rounded", "pico_to_usd", "usd_str"},
     "spendstream.scopes": {
-        "MINUTE", "GLOBAL", "endpoint_scope", "model_scope", "service_scope", "team_scope",
+        "MINUTE", "GLOBAL", "endpoint_scope", "endpoint_service", "model_scope", "service_scope",
+        "team_scope",
         "call_scopes", "minute_of", "minute_dt",
     },
 }  # fmt: skip

@@ -13,6 +13,7 @@ from spendstream.scopes import (
     SCOPE_KINDS,
     call_scopes,
     endpoint_scope,
+    endpoint_service,
     minute_dt,
     minute_of,
     model_scope,
@@ -45,6 +46,17 @@ def test_endpoint_scope_is_injective(s1: str, e1: str, s2: str, e2: str) -> None
     e1, e2 = "/" + e1.lstrip("/"), "/" + e2.lstrip("/")
     if (s1, e1) != (s2, e2):
         assert endpoint_scope(s1, e1) != endpoint_scope(s2, e2)
+
+
+@given(st.text(min_size=1, max_size=20), st.text(max_size=20))
+def test_endpoint_service_inverts_the_escape(service: str, endpoint: str) -> None:
+    assert endpoint_service(endpoint_scope(service, endpoint)) == service
+
+
+def test_endpoint_service_examples() -> None:
+    assert endpoint_service("endpoint:checkout/v1/chat") == "checkout"
+    assert endpoint_service("endpoint:a%2Fv1/x") == "a/v1"
+    assert endpoint_service("endpoint:50%25%2F2/x") == "50%/2"
 
 
 def test_call_scopes_in_kind_order() -> None:
