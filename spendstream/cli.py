@@ -332,9 +332,9 @@ def _sink(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import signal
 
-    from .sinks.metrics import serve
     from .sinks.postgres import SinkStats, run
     from .sinks.sink_metrics import SinkCollector
+    from .stream.metrics import serve
 
     stats = SinkStats()
     try:

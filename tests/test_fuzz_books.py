@@ -34,6 +34,7 @@ from spendstream.events import (
     EnrichedEvent,
     LLMCallEvent,
 )
+from spendstream.scopes import minute_of
 from spendstream.sinks.postgres import PostgresSink, row_of
 from spendstream.stream.enrich import Enricher
 from spendstream.stream.offline import records_of, run
@@ -147,7 +148,7 @@ def test_extreme_events_balance_the_books_and_every_enriched_event_is_stored(
     watermark = max(e.timestamp.timestamp() for e in admitted)
     per_minute: dict[int, list[int]] = {}
     for e in admitted:
-        per_minute.setdefault(int(e.timestamp.timestamp() // 60), []).append(cost[e.event_id])
+        per_minute.setdefault(minute_of(e.timestamp.timestamp()), []).append(cost[e.event_id])
     # at the end every partition is idle: each minute that has ended in event time is closed
     assert set(closed) == {m for m in per_minute if (m + 1) * 60 <= watermark}
     assert {m: (a.spend, a.calls) for m, a in closed.items()} == {

@@ -24,8 +24,8 @@ from confluent_kafka import Producer
 from spendstream import wire
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent, example_event
+from spendstream.money import usd_to_pico
 from spendstream.stream.enrich import Enricher
-from spendstream.stream.prices import PICO
 from tests.books import migrated_db, query
 from tests.stream_helpers import TopicReader, sink_process, wait_for, workers
 
@@ -108,7 +108,7 @@ def test_rows_the_sink_cannot_store_are_dead_lettered_one_by_one_and_the_batch_i
 
     assert query(s, "SELECT count(DISTINCT event_id) FROM llm_calls") == 45
     stored = Decimal(query(s, "SELECT sum(cost_usd) FROM llm_calls"))
-    assert stored * PICO == en.total_pico(good + later)
+    assert usd_to_pico(stored) == en.total_pico(good + later)
     assert query(s, "SELECT count(*) FROM llm_calls WHERE user_id = 'poison'") == 0
     got = sorted(dlq.records, key=lambda m: int(headers(m)["spendstream-source-line"]))
     assert [m.value() for m in got] == bad
