@@ -146,34 +146,6 @@ def test_shared_leaves_import_only_core() -> None:
         assert {room_of(t) for t, _ in imports(path)} <= {"core"}, module
 
 
-def test_transitional_shims_are_unused() -> None:
-    """``sinks/live.py`` and ``sinks/metrics.py`` only re-export the stream's writer and
-    metrics for ``stream/app.py``; nothing else may start depending on them."""
-    shims = {"spendstream.sinks.live", "spendstream.sinks.metrics"}
-    users = {
-        module_name(p)
-        for p in [*_files(), *Path(__file__).parent.glob("*.py"), *PKG.parent.glob("bench/*.py")]
-        if p.parent.name != "tests" or p.name != "test_imports.py"
-        for t, _ in _imports_any(p)
-        if t in shims
-    }
-    assert users <= {"spendstream.stream.app"}
-
-
-def _imports_any(path: Path) -> list[tuple[str, bool]]:
-    """:func:`imports` for a file outside the package (tests, bench: absolute imports only)."""
-    if PKG in path.parents:
-        return imports(path)
-    tree = ast.parse(path.read_text(), str(path))
-    out: list[tuple[str, bool]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            out += [(node.module, False)]
-        elif isinstance(node, ast.Import):
-            out += [(a.name, False) for a in node.names]
-    return out
-
-
 DEFINED_ONCE = {
     "spendstream.money": {"PICO", "usd_to_pico", "usd_to_pico_rounded", "pico_to_usd", "usd_str"},
     "spendstream.scopes": {

@@ -28,10 +28,10 @@ import logging
 from typing import Any
 
 from ..config import Settings
-from ..sinks.live import LiveSpendWriter
-from ..sinks.metrics import PipelineMetrics, serve
 from .enrich import Enricher
 from .faust_adapter import FaustBroker, TableState, make_app
+from .live import LiveSpendWriter
+from .metrics import PipelineMetrics, serve
 from .pipeline import Stage1, Stage2, WriteBuffer
 from .prices import PriceBook
 from .worker import Message, Record, Worker

@@ -36,12 +36,13 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..alerts import Alert, minute_dt
+from ..alerts import Alert
+from ..money import pico_to_usd
+from ..scopes import GLOBAL, MINUTE, minute_dt
 from . import state as layout
 from .detector import Org
-from .prices import pico_to_usd
 from .rules import RuleConfig, ScopeRules
-from .windows import MINUTE, Agg, RecordAggregate
+from .windows import Agg, RecordAggregate
 
 State = MutableMapping[str, Any]
 
@@ -63,7 +64,7 @@ def route(snaps: Iterable[Snapshot], partitions: int) -> Iterator[tuple[int, Sna
     ``global:all`` as :data:`ORG_SCOPE` to every partition (the worker and offline alike)."""
     for sn in snaps:
         yield scope_partition(sn.scope, partitions), sn
-        if sn.scope == "global:all":
+        if sn.scope == GLOBAL:
             for q in range(partitions):
                 yield q, Snapshot(sn.partition, ORG_SCOPE, sn.minute, sn.thru, sn.agg)
 
@@ -242,7 +243,7 @@ class Stage1:
             marks[p] = (max(self._candidate(rec, cap), wm[0]), offset)
             for (scope, minute), agg in rec.items():
                 if minute < oldest:
-                    if scope == "global:all":  # every event is in one global key: count once
+                    if scope == GLOBAL:  # every event is in one global key: count once
                         self.late_dropped += agg.calls
                     continue
                 key = layout.s1_window(p, minute, scope)
