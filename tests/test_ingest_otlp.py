@@ -255,7 +255,11 @@ def test_status_and_configurable_endpoint() -> None:
     attrs = {**BASE, "gen_ai.system": "openai", "error.type": "RateLimitError", "rpc.x": "/r"}
     res = map_spans(decode_json(request_json([span_json(attrs, status=2)])))
     (ev,) = res.events
-    assert (ev.status, ev.error_type, ev.endpoint) == (Status.RATE_LIMITED, "RateLimitError", "otel")
+    assert (ev.status, ev.error_type, ev.endpoint) == (
+        Status.RATE_LIMITED,
+        "RateLimitError",
+        "otel",
+    )
     cfg = MappingConfig(endpoint_attributes=("rpc.x",))
     (ev2,) = map_spans(decode_json(request_json([span_json(attrs, status=2)])), cfg).events
     assert ev2.endpoint == "/r"
