@@ -331,3 +331,14 @@ def test_undecodable_json(body: bytes) -> None:
 def test_undecodable_protobuf() -> None:
     with pytest.raises(DecodeError):
         decode_protobuf(b"\xff\xff\xff\xff")
+
+
+def test_a_wrong_span_clock_drops_the_latency_not_the_call() -> None:
+    attrs = {**BASE, "gen_ai.system": "openai", "gen_ai.response.time_to_first_chunk": 1e9}
+    day_and_more = 86_400_000_000_001
+    (ev,) = map_spans(
+        decode_json(request_json([span_json(attrs, duration_ns=day_and_more)]))
+    ).events
+    assert (ev.latency_ms, ev.ttft_ms) == (None, None)
+    (ev,) = map_spans(decode_json(request_json([span_json(attrs, duration_ns=-5)]))).events
+    assert ev.latency_ms is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import threading
@@ -207,8 +208,10 @@ def test_otlp_json_and_a_retried_export(env: dict[str, Any]) -> None:
         url, content=request_pb(body), headers={**headers, "Content-Type": "application/x-protobuf"}
     )
     assert r.status_code == 200 and r.content == b""
-    events = raw_events(env["reader"], 3)
-    assert len(events) == 3
+    gz = {**headers, "Content-Encoding": "gzip"}
+    assert httpx.post(url, content=gzip.compress(body), headers=gz).status_code == 200
+    events = raw_events(env["reader"], 4)
+    assert len(events) == 4
     want = event_id(TRACE, bytes.fromhex("eee19b7ec3c1b174"))
     assert {e.event_id for e in events} == {want}
     assert events[0].usage.model_dump(exclude_none=True) == {
@@ -260,13 +263,20 @@ def test_status_codes(env: dict[str, Any]) -> None:
     assert r.status_code == 400 and r.content.startswith(b"\x08\x03\x12")  # google.rpc.Status
     big = b"x" * (GatewayConfig().max_body_bytes + 1)
     assert httpx.post(url, content=big, headers=pb).status_code == 413
+    bomb = gzip.compress(b"\0" * (GatewayConfig().max_body_bytes + 1))  # ~8 KiB on the wire
+    r = httpx.post(url, content=bomb, headers={**pb, "Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    r = httpx.post(url, content=b"not gzip", headers={**pb, "Content-Encoding": "gzip"})
+    assert r.status_code == 400
+    r = httpx.post(url, content=body, headers={**pb, "Content-Encoding": "br"})
+    assert r.status_code == 400  # aiohttp's parser refuses it before the handler (no Brotli)
     # the team attribute of another team, under a team-bound key
     attrs = {**BASE, "gen_ai.system": "openai", "spendstream.team": "billing"}
     team_body = request_json([span_json(attrs)])
     r = httpx.post(url, content=team_body, headers={**js, **auth(env["key"])})
     assert r.status_code == 403
     assert httpx.get(env["gw"].url + "/healthz").status_code == 200
-    assert env["gw"].gateway.stats.refused == {401: 2, 403: 3, 415: 1, 400: 1, 413: 1}
+    assert env["gw"].gateway.stats.refused == {401: 2, 403: 3, 415: 1, 400: 2, 413: 2}
     env["reader"].poll(1.0)
     assert env["reader"].records == []  # nothing of the refused requests was published
 

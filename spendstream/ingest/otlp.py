@@ -79,7 +79,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from ..events import LLMCallEvent, Operation, Status, describe_error
+from ..events import MAX_LATENCY_MS, LLMCallEvent, Operation, Status, describe_error
 
 SPAN_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://spendstream.dev/otlp/span")
 """Namespace of span-derived event ids (fixed forever: changing it re-counts retries)."""
@@ -474,7 +474,7 @@ def span_event(
         "usage": usage,
         "usage_error": usage_error,
         "service_tier": _tier(a),
-        "latency_ms": (span.end_ns - span.start_ns) / 1e6 if span.end_ns >= span.start_ns else None,
+        "latency_ms": _latency_ms(span),
         "ttft_ms": _ttft_ms(a),
         "status": status,
         "error_type": error_type,
@@ -535,10 +535,17 @@ def _tier(attrs: Mapping[str, Any]) -> str | None:
     return _TIERS.get(raw.lower()) if raw else None
 
 
+def _latency_ms(span: SpanView) -> float | None:
+    """Span duration; None when the span's clock is off (end before start, over a day):
+    a wrong duration is no reason to lose the call's spend."""
+    ms = (span.end_ns - span.start_ns) / 1e6
+    return ms if 0 <= ms <= MAX_LATENCY_MS else None
+
+
 def _ttft_ms(attrs: Mapping[str, Any]) -> float | None:
     v = attrs.get("gen_ai.response.time_to_first_chunk")
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
-        return float(v) * 1000.0
+        return float(v) * 1000.0 if v * 1000.0 <= MAX_LATENCY_MS else None
     return None
 
 
