@@ -358,15 +358,20 @@ def _sink(args: argparse.Namespace, s: Settings) -> int:
 def _ingest(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import signal
+    from dataclasses import replace
 
     from .ingest.keys import KeyStore
     from .ingest.otlp import MappingConfig
     from .ingest.server import Gateway, GatewayConfig, serve
     from .producers import Emitter
 
-    mapping = MappingConfig()
-    if args.endpoint_attr:
-        mapping = MappingConfig(endpoint_attributes=tuple(args.endpoint_attr))
+    d = MappingConfig()
+    mapping = replace(
+        d,
+        endpoint_attributes=tuple(args.endpoint_attr) or d.endpoint_attributes,
+        team_attributes=tuple(args.team_attr) or d.team_attributes,
+        user_attributes=tuple(args.user_attr) or d.user_attributes,
+    )
     config = GatewayConfig(max_body_bytes=args.max_body_bytes, mapping=mapping)
     gateway = Gateway(Emitter(s), KeyStore(Path(args.keys_file)), config)
 
@@ -521,6 +526,21 @@ def _add_ingest_parsers(sub: Any) -> None:
         metavar="ATTRIBUTE",
         help="span attribute naming the endpoint, in order (repeatable; default http.route, "
         "url.template, url.path, ...)",
+    )
+    ig.add_argument(
+        "--team-attr",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE",
+        help="span/resource attribute naming the team (repeatable; default spendstream.team, "
+        "team, tenant.id)",
+    )
+    ig.add_argument(
+        "--user-attr",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE",
+        help="attribute naming the end user (repeatable; default user.id, enduser.id)",
     )
     ig.set_defaults(func=_ingest)
     ik = sub.add_parser("ingest-key", help="add an API key of the ingest gateway")

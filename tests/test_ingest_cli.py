@@ -48,7 +48,7 @@ def test_key_add_then_serve(stack: Settings, tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "spendstream.cli", "ingest", "--port", str(port),
-         "--keys-file", str(keys)],
+         "--keys-file", str(keys), "--endpoint-attr", "spendstream.endpoint"],
         env={**os.environ, **env}, cwd=ROOT, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -72,7 +72,8 @@ def test_key_add_then_serve(stack: Settings, tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGTERM)  # the flush at shutdown delivers what was accepted
         assert proc.wait(timeout=30) == 0
         (ev,) = raw_events(reader, 1)
-        assert (ev.service, ev.team, ev.endpoint) == ("support-bot", "cs", "/v1/answer")
+        # --endpoint-attr replaced the default list: http.route is no longer read
+        assert (ev.service, ev.team, ev.endpoint) == ("support-bot", "cs", "otel")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
