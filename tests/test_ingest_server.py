@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -128,21 +129,28 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def fake_openai() -> Iterator[str]:
-    _FakeOpenAI.body = (FIXTURES / "openai_chat_cached_reasoning.json").read_bytes()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+@contextmanager
+def recorded_server(fixture: str) -> Iterator[str]:
+    """A local provider API answering every POST with a recorded response body."""
+    handler = type("Recorded", (_FakeOpenAI,), {"body": (FIXTURES / fixture).read_bytes()})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
-    srv.server_close()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
-def test_openai_sdk_through_otel_exporter(env: dict[str, Any], fake_openai: str) -> None:
-    import openai
+@pytest.fixture
+def fake_openai() -> Iterator[str]:
+    with recorded_server("openai_chat_cached_reasoning.json") as url:
+        yield url + "/v1"
+
+
+def _tracer_provider(env: dict[str, Any]) -> Any:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -152,6 +160,14 @@ def test_openai_sdk_through_otel_exporter(env: dict[str, Any], fake_openai: str)
     )
     tp = TracerProvider(resource=Resource.create({"service.name": "support-bot"}))
     tp.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    return tp
+
+
+def test_openai_sdk_through_otel_exporter(env: dict[str, Any], fake_openai: str) -> None:
+    import openai
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    tp = _tracer_provider(env)
     instrumentor = OpenAIInstrumentor()
     instrumentor.instrument(tracer_provider=tp)
     try:
@@ -181,6 +197,42 @@ def test_openai_sdk_through_otel_exporter(env: dict[str, Any], fake_openai: str)
         assert usage == {"input_tokens": 1200, "output_tokens": 350}
         assert ev.latency_ms is not None and 0 < ev.latency_ms < 10_000
     assert env["gw"].gateway.stats.ignored == 3  # the three server spans
+
+
+def test_anthropic_sdk_through_openllmetry(env: dict[str, Any]) -> None:
+    """OpenLLMetry's Anthropic instrumentor adds the cache tokens to Anthropic's raw
+    input_tokens (OTel semantics): the event's parts are within its whole."""
+    import anthropic
+    from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor
+
+    tp = _tracer_provider(env)
+    instrumentor = AnthropicInstrumentor()
+    instrumentor.instrument(tracer_provider=tp)
+    try:
+        with recorded_server("anthropic_message_cached.json") as url:
+            client = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0)
+            for _ in range(2):
+                client.messages.create(
+                    model="claude-sonnet-4-5",
+                    max_tokens=512,
+                    messages=[{"role": "user", "content": "hi"}],
+                )
+        assert tp.force_flush(20_000)
+    finally:
+        instrumentor.uninstrument()
+        tp.shutdown()
+    events = raw_events(env["reader"], 2)
+    assert len(events) == 2 and len({e.event_id for e in events}) == 2
+    for ev in events:
+        assert (ev.provider, ev.request_model) == ("anthropic", "claude-sonnet-4-5")
+        assert ev.response_model == "claude-sonnet-4-5-20250929"
+        assert ev.usage_error is None
+        assert ev.usage.model_dump(exclude_none=True) == {
+            "input_tokens": 5020,  # 20 uncached + 4000 read + 1000 written
+            "output_tokens": 300,
+            "cache_read_tokens": 4000,
+            "cache_creation_tokens": 1000,
+        }
 
 
 # --- plain HTTP -------------------------------------------------------------------------------

@@ -47,15 +47,16 @@ image                   llm.token_count.{prompt,completion}_details.audio
   the cache discount is lost, so such a call is priced as if nothing was cached (an
   over-estimate, never an under-count). Its Responses-API extractor does set
   ``gen_ai.usage.cache_read.input_tokens``.
-- OpenLLMetry's ``opentelemetry-instrumentation-anthropic`` (current source) sets
+- OpenLLMetry's ``opentelemetry-instrumentation-anthropic`` (0.62, tested) sets
   ``gen_ai.usage.input_tokens`` to Anthropic's ``input_tokens + cache_read_input_tokens +
-  cache_creation_input_tokens`` — OTel semantics. Anthropic's *raw* ``usage.input_tokens``
-  *excludes* cache tokens, and hand-written instrumentations (and older OpenLLMetry releases,
-  which set ``gen_ai.usage.prompt_tokens`` from the raw field) copy it as is. When the cache
-  parts then exceed the reported input, the span cannot be OTel-conformant: it is sent with
-  ``usage_error`` (priced as unknown and alerted, never guessed), see :func:`_usage`. A raw
-  count whose cache parts happen to be *smaller* than the uncached input cannot be told
-  apart from a conformant one; it is under-priced by the cache tokens.
+  cache_creation_input_tokens`` — OTel semantics (the 1-hour/5-minute split of the cache
+  writes is not on the span: all writes are priced as 5-minute writes). Anthropic's *raw*
+  ``usage.input_tokens`` *excludes* cache tokens, and an instrumentation that copies it as
+  is (hand-written ones do; older OpenLLMetry releases were not checked here) breaks OTel
+  semantics. When the cache parts then exceed the reported input the span cannot be
+  conformant: it is sent with ``usage_error`` (priced as unknown and alerted, never guessed),
+  see :func:`_usage`. A raw count whose cache parts happen to be *smaller* than the uncached
+  input cannot be told apart from a conformant one; it is under-priced.
 - OpenInference's ``llm.token_count.prompt`` is the total prompt (its ``prompt_details``
   counts are parts of it), the same convention as OTel.
 - OpenLLMetry's ``gen_ai.system`` is capitalised (``"Anthropic"``) and older conventions use
