@@ -45,14 +45,15 @@ image                   llm.token_count.{prompt,completion}_details.audio
   included) on chat-completion spans: ``prompt_tokens_details.cached_tokens`` and
   ``completion_tokens_details.reasoning_tokens`` never reach the span. The totals are right;
   the cache discount is lost, so such a call is priced as if nothing was cached (an
-  over-estimate, never an under-count). Its Responses-API extractor does set
-  ``gen_ai.usage.cache_read.input_tokens``.
+  over-estimate, never an under-count). Only chat completions and embeddings are wrapped;
+  its Responses-API extractor (which would set ``gen_ai.usage.cache_read.input_tokens``) is
+  not wired to a method in that release.
 - OpenLLMetry's ``opentelemetry-instrumentation-anthropic`` (0.62, tested) sets
   ``gen_ai.usage.input_tokens`` to Anthropic's ``input_tokens + cache_read_input_tokens +
   cache_creation_input_tokens`` — OTel semantics (the 1-hour/5-minute split of the cache
   writes is not on the span: all writes are priced as 5-minute writes). Anthropic's *raw*
   ``usage.input_tokens`` *excludes* cache tokens, and an instrumentation that copies it as
-  is (hand-written ones do; older OpenLLMetry releases were not checked here) breaks OTel
+  is (a hand-written one may; older OpenLLMetry releases were not checked) breaks OTel
   semantics. When the cache parts then exceed the reported input the span cannot be
   conformant: it is sent with ``usage_error`` (priced as unknown and alerted, never guessed),
   see :func:`_usage`. A raw count whose cache parts happen to be *smaller* than the uncached
