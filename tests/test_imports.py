@@ -11,7 +11,9 @@ the same. A room is a package or a set of top-level modules:
   room's package: ``stream.prices`` (the price book; the router prices models with it) and
   ``cache.embedders`` (the embedding model; the router's complexity policy uses it). Each of
   those must itself import only the core.
-- producers, stream, sinks, router, cache: their packages.
+- producers, ingest, stream, sinks, router, cache: their packages. ``ingest`` (the HTTP/OTLP
+  gateway) is a producer for services that cannot import the SDK: it publishes through the
+  SDK's emitter, and nothing but the tools imports it.
 - tools: ``cli``, ``demo``, ``pricing`` (the ``spendstream price`` command), ``probes``
   (the demo's and the stack's queries) and ``stack`` (runs the local services).
 """
@@ -37,11 +39,12 @@ CORE = {
     "spendstream.stream.prices",
     "spendstream.cache.embedders",
 }
-ROOMS = ("producers", "stream", "sinks", "router", "cache")
+ROOMS = ("producers", "ingest", "stream", "sinks", "router", "cache")
 TOOLS = ("cli", "demo", "pricing", "probes", "stack")
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "producers": {"core", "producers"},
+    "ingest": {"core", "producers", "ingest"},
     "stream": {"core", "producers", "stream"},
     "sinks": {"core", "producers", "stream", "sinks"},
     "router": {"core", "router"},
