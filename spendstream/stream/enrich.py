@@ -43,8 +43,13 @@ from pydantic import ValidationError
 
 from ..events import EnrichedEvent, LLMCallEvent, Operation, TokenCounts, Usage, describe_error
 from . import tokens as tk
+from .fastcheck import WireEvent, WireUsage, read_line, usage_dict
 from .prices import EXTRA_FIELDS, Parts, PriceBook, PriceRow, usd_str
 from .windows import RecordAggregate
+
+Event = LLMCallEvent | WireEvent
+"""An event as the per-event path holds it: the schema's model, or the :class:`WireEvent` of a
+line :func:`~.fastcheck.read_line` took (same fields and values, no pydantic object)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,7 @@ class FinalTokens:
 class EnrichedCall:
     """An event with final tokens and its cost in picodollars (None: price unknown)."""
 
-    event: LLMCallEvent
+    event: Event
     tokens: FinalTokens
     parts_pico: Parts | None
     """The cost parts (:data:`~.prices.PARTS`); None: the cost is unknown."""
@@ -118,8 +123,12 @@ class EnrichedCall:
         return EnrichedEvent.model_validate_json(self.to_json(keep_text=True))
 
     def to_json(self, keep_text: bool = False) -> bytes:
-        ev = self.event
-        if not keep_text and (ev.prompt_text is not None or ev.response_text is not None):
+        ev = self.event  # a WireEvent has no text: its line is forwarded as it came
+        if (
+            not keep_text
+            and isinstance(ev, LLMCallEvent)
+            and (ev.prompt_text is not None or ev.response_text is not None)
+        ):
             event_json = ev.model_copy(
                 update={"prompt_text": None, "response_text": None}
             ).to_json()
@@ -260,7 +269,7 @@ OUTPUTLESS = frozenset({Operation.EMBEDDINGS, Operation.RERANK})
 """Operations that produce no output tokens: a reported input alone is the whole usage."""
 
 
-def _extra(u: Usage) -> tuple[int, ...] | None:
+def _extra(u: Usage | WireUsage) -> tuple[int, ...] | None:
     """The EXTRA_FIELDS counts of ``u`` (None when none is reported: the common call)."""
     if (
         u.cache_write_1h_tokens is None
@@ -277,7 +286,7 @@ def _extra(u: Usage) -> tuple[int, ...] | None:
     return ext if any(ext) else None
 
 
-def final_tokens(ev: LLMCallEvent) -> FinalTokens:
+def final_tokens(ev: Event) -> FinalTokens:
     """Provider-reported counts win; a missing count is estimated (or 0) and flagged.
 
     An embedding or rerank call whose input was reported has 0 output tokens, exactly (it
@@ -345,7 +354,7 @@ class Enricher:
         self.max_future_skew_s = max_future_skew_s
         self.now = now
 
-    def price(self, ev: LLMCallEvent, seconds: float | None = None) -> PriceRow | None:
+    def price(self, ev: Event, seconds: float | None = None) -> PriceRow | None:
         """The price row of the call's model at its time and service tier (None: unknown)."""
         t = ev.timestamp.timestamp() if seconds is None else seconds
         tier = ev.service_tier
@@ -355,7 +364,7 @@ class Enricher:
                 return row
         return self.book.row_at(ev.provider, ev.request_model, t, tier)
 
-    def enrich(self, ev: LLMCallEvent, raw: bytes, t: float | None = None) -> EnrichedCall:
+    def enrich(self, ev: Event, raw: bytes, t: float | None = None) -> EnrichedCall:
         """Final tokens and cost of one call. A ``usage_error`` call is priced as unknown
         (its counts are not the provider's): never an estimate of zero tokens."""
         toks = final_tokens(ev)
@@ -367,7 +376,7 @@ class Enricher:
             return EnrichedCall(ev, toks, None, row, raw, t, f"usage unreadable: {ev.usage_error}")
         parts = row.cost_pico(toks)
         if parts is None:
-            why = f"usage parts exceed the whole: {ev.usage.model_dump(exclude_none=True)}"
+            why = f"usage parts exceed the whole: {usage_dict(ev.usage)}"
             return EnrichedCall(ev, toks, None, row, raw, t, why)
         return EnrichedCall(ev, toks, parts, row, raw, t)
 
@@ -388,22 +397,24 @@ class Enricher:
         for i, line in enumerate(value.split(b"\n")):
             if not line.strip():
                 continue
-            try:
-                ev = validate(line)
-            except ValidationError as exc:
-                res.dead.append(self._dead(line, describe_error(exc), i))
-                continue
-            except ValueError as exc:
-                res.dead.append(self._dead(line, f"undecodable: {exc}", i))
-                continue
+            ev: Event | None = read_line(line)  # the common line; None: pydantic decides
+            null_text = False  # a text key given as null may hide a duplicate
+            if ev is None:
+                try:
+                    ev = model = validate(line)
+                except ValidationError as exc:
+                    res.dead.append(self._dead(line, describe_error(exc), i))
+                    continue
+                except ValueError as exc:
+                    res.dead.append(self._dead(line, f"undecodable: {exc}", i))
+                    continue
+                given = model.__pydantic_fields_set__
+                null_text = ("prompt_text" in given and model.prompt_text is None) or (
+                    "response_text" in given and model.response_text is None
+                )
             t = ev.timestamp.timestamp()
             # rare path only: beyond the skew, or bytes a duplicate text key could hide in
-            given = ev.__pydantic_fields_set__  # a text key given as null may hide a duplicate
-            if (
-                t > latest
-                or ("prompt_text" in given and ev.prompt_text is None)
-                or ("response_text" in given and ev.response_text is None)
-            ) and (why := self._refused(ev, line, t)):
+            if (t > latest or null_text) and (why := self._refused(ev, line, t)):
                 res.dead.append(self._dead(line, why, i))
                 continue
             try:
@@ -416,7 +427,7 @@ class Enricher:
         res.aggregate.add_calls(res.calls)
         return res
 
-    def _refused(self, ev: LLMCallEvent, line: bytes, t: float) -> str | None:
+    def _refused(self, ev: Event, line: bytes, t: float) -> str | None:
         """Why a schema-valid line is still dead-lettered (the rare path), or None."""
         now = self.now()
         if self.max_future_skew_s is not None and t > now + self.max_future_skew_s:
