@@ -220,8 +220,12 @@ def duplicate_key(line: bytes) -> str | None:
     return None
 
 
-def _object(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    return pairs
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's members in order, duplicates kept (a JSON array stays a plain list)."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Pairs:
+    return _Pairs(pairs)
 
 
 def redact(line: bytes, keep_text: bool) -> bytes:
@@ -233,7 +237,7 @@ def redact(line: bytes, keep_text: bool) -> bytes:
         top = json.loads(line, object_pairs_hook=_object)
     except (ValueError, RecursionError):
         top = None
-    if not isinstance(top, list):  # not a JSON object: a bounded prefix before any text key
+    if not isinstance(top, _Pairs):  # not a JSON object: a bounded prefix before any text key
         cut = line.find(b'_text"')
         return line[: min(MAX_DLQ_UNPARSED_BYTES, cut if cut >= 0 else len(line))]
     if not any(k in TEXT_FIELDS for k, _ in top):
@@ -258,7 +262,7 @@ def redact_record(value: bytes, keep_text: bool) -> bytes:
 
 def _plain(v: Any) -> Any:
     """A value parsed with :func:`_object` back to plain JSON types."""
-    if isinstance(v, list) and v and all(isinstance(p, tuple) for p in v):
+    if isinstance(v, _Pairs):  # ``{}`` too (it used to come back as ``[]``)
         return {k: _plain(x) for k, x in v}
     if isinstance(v, list):
         return [_plain(x) for x in v]
