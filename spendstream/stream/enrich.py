@@ -135,21 +135,20 @@ class EnrichedCall:
         else:
             event_json = self.raw
         t = self.tokens
-        tok = (
-            f'{{"input_tokens":{t.input_tokens},"output_tokens":{t.output_tokens},'
+        units = "" if t.extra is None else "".join(f'"{k}":{n},' for k, n in t.units().items())
+        head = (
+            f',"tokens":{{"input_tokens":{t.input_tokens},"output_tokens":{t.output_tokens},'
             f'"cache_read_tokens":{t.cache_read_tokens},'
             f'"cache_creation_tokens":{t.cache_creation_tokens},'
-            f'"reasoning_tokens":{t.reasoning_tokens},'
-            + "".join(f'"{k}":{n},' for k, n in t.units().items())
-            + f'"estimated":{"true" if t.estimated else "false"}}}'
+            f'"reasoning_tokens":{t.reasoning_tokens},{units}'
+            f'"estimated":{"true" if t.estimated else "false"}}}'
         )
-        if self.parts_pico is None or self.row is None:
+        p, row = self.parts_pico, self.row
+        if p is None or row is None:
             why = self.unknown_reason
-            tail = (
-                ',"price_unknown_reason":' + json.dumps(why[:256]) if why else ""
-            ) + ',"price_unknown":true,"schema_version":1}'
-            return b'{"event":' + event_json + (',"tokens":' + tok + tail).encode()
-        p = self.parts_pico
+            reason = f',"price_unknown_reason":{json.dumps(why[:256])}' if why else ""
+            tail = f'{head}{reason},"price_unknown":true,"schema_version":1}}'
+            return b'{"event":' + event_json + tail.encode()
         # zero parts other than input and output are left out (the schema's default is 0)
         cost = (
             f'{{"input":"{usd_str(p[0])}",'
@@ -158,20 +157,12 @@ class EnrichedCall:
             + f'"output":"{usd_str(p[3])}",'
             + (f'"reasoning":"{usd_str(p[4])}",' if p[4] else "")
             + (_rare_parts(p) if p[5] or p[6] or p[7] or p[8] else "")
-            + f'"total":"{usd_str(sum(p))}",'
-            + _cost_tail(self.row.source, self.row.version)
         )
-        return (
-            b'{"event":'
-            + event_json
-            + (
-                ',"tokens":'
-                + tok
-                + ',"cost":'
-                + cost
-                + ',"price_unknown":false,"schema_version":1}'
-            ).encode()
+        tail = (
+            f'{head},"cost":{cost}"total":"{usd_str(sum(p))}",{_cost_tail(row.source, row.version)}'
+            ',"price_unknown":false,"schema_version":1}'
         )
+        return b'{"event":' + event_json + tail.encode()
 
 
 def _rare_parts(p: Parts) -> str:
