@@ -10,6 +10,12 @@ re-serializing the whole model: it parses to the same :class:`EnrichedEvent` (te
 fraction of the cost. Prompt/response text is dropped from the enriched event unless
 ``keep_text`` is set.
 
+Reading a line: :func:`~.fastcheck.read_line` (msgspec, ~3 µs) takes the common line and gives
+a :class:`~.fastcheck.WireEvent` (the model's fields and value types, no pydantic object);
+every other line is validated by pydantic (~10 µs), which also writes every dead letter's
+reason, so reasons name the same field as before. ``EnrichedCall.event`` is therefore either
+type; ``LLMCallEvent.from_json(call.raw)`` is the model of a call when one is needed.
+
 Admission checks beyond the schema, kept off the common path:
 
 - *Future skew*: an event dated more than ``max_future_skew_s`` (default 300 s) ahead of the
