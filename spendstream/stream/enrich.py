@@ -48,9 +48,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..events import EnrichedEvent, LLMCallEvent, Operation, TokenCounts, Usage, describe_error
+from ..money import usd_str
 from . import tokens as tk
 from .fastcheck import WireEvent, WireUsage, read_line, usage_dict
-from .prices import EXTRA_FIELDS, Parts, PriceBook, PriceRow, usd_str
+from .prices import EXTRA_FIELDS, Parts, PriceBook, PriceRow
 from .windows import RecordAggregate
 
 Event = LLMCallEvent | WireEvent
