@@ -186,6 +186,12 @@ class PipelineMetrics(Collector):
 
     # --- scrape -------------------------------------------------------------------------------
     def collect(self) -> Iterator[Any]:
+        """Every family, in the order a scrape shows them: calls, histograms, the process."""
+        yield from self._call_families()
+        yield from self._histograms()
+        yield from self._process_families()
+
+    def _call_families(self) -> Iterator[Any]:
         def counter(name: str, doc: str, data: dict[Key, int], scale: float = 1) -> Any:
             m = CounterMetricFamily(name, doc, labels=LABELS)
             for k, v in sorted(data.items()):
@@ -229,6 +235,8 @@ class PipelineMetrics(Collector):
         for prov, n in sorted(self.usage_unreadable.items()):
             unreadable.add_metric([prov], n)
         yield unreadable
+
+    def _histograms(self) -> Iterator[Any]:
         for name, doc, data in (
             ("spendstream_llm_latency_seconds", "Call latency", self.latency),
             ("spendstream_llm_time_to_first_token_seconds", "Time to first token", self.ttft),
@@ -254,22 +262,29 @@ class PipelineMetrics(Collector):
         for k, hist in sorted(self.genai_duration.items()):
             gd.add_metric(list(k), hist.cumulative(DURATION_BUCKETS), hist.sum)
         yield gd
-        dl = CounterMetricFamily(
-            "spendstream_dead_letters", "Raw lines and records sent to the dead-letter topic"
-        )
-        dl.add_metric([], self.dead_letters)
-        yield dl
-        late = CounterMetricFamily(
-            "spendstream_late_events_dropped", "Events older than the window retention"
-        )
-        late.add_metric([], self.late_dropped)
-        yield late
-        skew = CounterMetricFamily(
-            "spendstream_events_future_skewed",
-            "Events dead-lettered for a timestamp over max_future_skew_s ahead of the worker clock",
-        )
-        skew.add_metric([], self.future_skewed)
-        yield skew
+
+    def _process_families(self) -> Iterator[Any]:
+        for name, doc, value in (
+            (
+                "spendstream_dead_letters",
+                "Raw lines and records sent to the dead-letter topic",
+                self.dead_letters,
+            ),
+            (
+                "spendstream_late_events_dropped",
+                "Events older than the window retention",
+                self.late_dropped,
+            ),
+            (
+                "spendstream_events_future_skewed",
+                "Events dead-lettered for a timestamp over max_future_skew_s ahead of the "
+                "worker clock",
+                self.future_skewed,
+            ),
+        ):
+            m = CounterMetricFamily(name, doc)
+            m.add_metric([], value)
+            yield m
         over = CounterMetricFamily(
             "spendstream_metric_labels_overflow",
             "Calls counted under label value 'other' because the family's label-set cap was hit",
