@@ -106,6 +106,8 @@ class Progress:
                 self.spread_min = self.newest[q] - min(
                     self.newest.get(p, self.first_minute()) for p in range(self.stage2)
                 )
+                print(f"[{elapsed_s:6.1f}s] stage-2 partition {q} done first; spread "
+                      f"{self.spread_min} min", flush=True)  # fmt: skip
 
     def first_minute(self) -> int:
         return min(int(k.rsplit("|", 1)[1]) for k in self.expected) - 1
@@ -154,8 +156,14 @@ def follow(s: Settings, progress: Progress, replay: subprocess.Popen[bytes], t0:
         )
     )
     c.subscribe([s.topic_windows])
+    shown = 0.0
     try:
         while not progress.done():
+            if time.perf_counter() - t0 >= shown + 60:  # a line a minute: where a slow run is
+                shown = time.perf_counter() - t0
+                left = sum(map(len, progress.missing.values()))
+                print(f"[{shown:6.1f}s] {len(progress.expected) - left:,} of "
+                      f"{len(progress.expected):,} windows closed", flush=True)  # fmt: skip
             for m in c.consume(5000, 0.5):  # blocks up to 0.5 s: no spinning
                 if m.error() is None:
                     progress.add(m.key().decode(), m.value(), time.perf_counter() - t0)
