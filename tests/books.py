@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
@@ -33,6 +35,24 @@ def migrated_db(stack: Settings, name: str) -> tuple[Settings, dict[str, str]]:
 
 
 query = pg_value
+"""The first value of one statement (a connection of its own): ``query(s, sql, *args)``."""
+
+T = TypeVar("T")
+
+
+def on_pg(work: Callable[[Any], Awaitable[T]], dsn: str | None = None, **connect: Any) -> T:
+    """``await work(conn)`` on a connection of its own, closed whatever happens; blocking.
+    ``dsn`` and ``connect`` are asyncpg's (a test's private database, or host/user/password)."""
+    import asyncpg
+
+    async def go() -> T:
+        conn = await asyncpg.connect(dsn, **connect)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
 
 
 def assert_books_agree(s: Settings, windows: TopicReader, events: list[LLMCallEvent]) -> Decimal:

@@ -7,7 +7,6 @@ the sink's own checks are what is tested."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import urllib.request
@@ -17,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from confluent_kafka import Producer
 
@@ -26,7 +24,7 @@ from spendstream.config import Settings
 from spendstream.events import LLMCallEvent, example_event
 from spendstream.money import usd_to_pico
 from spendstream.stream.enrich import Enricher
-from tests.books import migrated_db, query
+from tests.books import migrated_db, on_pg, query
 from tests.stream_helpers import TopicReader, sink_process, wait_for, workers
 
 pytestmark = [pytest.mark.stack]
@@ -142,15 +140,11 @@ def test_a_nul_in_a_row_is_isolated_by_bisection_when_it_reaches_postgresql(
     for i in (3, 17, 32):
         rows[i] = (*rows[i][:user_id], "u\x00x", *rows[i][user_id + 1 :])
 
-    async def go() -> tuple[int, list[tuple[int, str]], int]:
-        conn = await asyncpg.connect(s.postgres_dsn)
-        try:
-            new, refused = await PostgresSink(conn).write_good(rows)
-            return new, refused, await conn.fetchval("SELECT count(*) FROM llm_calls")
-        finally:
-            await conn.close()
+    async def go(conn: Any) -> tuple[int, list[tuple[int, str]], int]:
+        new, refused = await PostgresSink(conn).write_good(rows)
+        return new, refused, await conn.fetchval("SELECT count(*) FROM llm_calls")
 
-    new, refused, stored = asyncio.run(go())
+    new, refused, stored = on_pg(go, s.postgres_dsn)
     assert (new, stored) == (30, 30)
     assert [i for i, _ in refused] == [3, 17, 32]
     assert all("CharacterNotInRepertoireError" in why for _, why in refused)

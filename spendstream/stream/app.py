@@ -133,31 +133,11 @@ def build_app(s: Settings) -> Any:
     return app
 
 
-def changelog_topics(s: Settings) -> list[Any]:
-    """The tables' changelog topics, created up front (compacted, co-partitioned)."""
-    from ..topics import TopicSpec
-
-    return [
-        TopicSpec(
-            f"{s.worker_app_id}-stage1-changelog",
-            s.raw_partitions,
-            s.topic_replication_factor,
-            {"cleanup.policy": "compact"},
-        ),
-        TopicSpec(
-            f"{s.worker_app_id}-stage2-changelog",
-            s.stage2_partitions,
-            s.topic_replication_factor,
-            {"cleanup.policy": "compact"},
-        ),
-    ]
-
-
 def run_worker(s: Settings, loglevel: str = "warn") -> None:
     """Run one worker until interrupted (blocks)."""
     import faust
 
-    from ..topics import ensure_topics
+    from ..topics import changelog_topics, ensure_topics
 
     ensure_topics(s)
     ensure_topics(s, changelog_topics(s))
