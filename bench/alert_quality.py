@@ -35,6 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import result
 from spendstream.alerts import Alert
+from spendstream.money import PICO
+from spendstream.scopes import GLOBAL, endpoint_scope, model_scope, service_scope, team_scope
 from spendstream.stream.pipeline import Snapshot, Stage2, route
 from spendstream.stream.rules import RuleConfig
 from spendstream.stream.windows import Agg
@@ -59,6 +61,11 @@ class Endpoint:
     inp: float
     out: float
     batch: bool = False
+
+    @property
+    def scope(self) -> str:
+        """The worker's scope name for this endpoint (``name`` is ``<service>/<path>``)."""
+        return endpoint_scope(self.service, self.name.removeprefix(self.service))
 
 
 ENDPOINTS = (
@@ -222,11 +229,11 @@ def scopes_of(aggs: list[Agg]) -> dict[str, Agg]:
         if not a.calls:
             continue
         for scope in (
-            f"endpoint:{ep.name}",
-            f"service:{ep.service}",
-            f"team:{ep.team}",
-            "global:all",
-            *(f"model:openai/{m}" for m in a.models),
+            ep.scope,
+            service_scope(ep.service),
+            team_scope(ep.team),
+            GLOBAL,
+            *(model_scope("openai", m) for m in a.models),
         ):
             cur = out.get(scope)
             if cur is None:
@@ -289,7 +296,7 @@ def score(
     used: set[Any] = set()
     delays: list[tuple[float, float, str]] = []
     for inc in traffic.incidents:
-        scope = f"endpoint:{ENDPOINTS[inc.endpoint].name}"
+        scope = ENDPOINTS[inc.endpoint].scope
         per_day = inc.excess_pico / max(inc.minutes, 1) * 1440
         must = inc.kind == "retry_storm" or per_day >= cfg.material_share * org_day
         hits = [
@@ -395,7 +402,7 @@ def main() -> None:
 
 def _explain(traffic: Traffic, alerts: list[Alert], sc: Score) -> None:
     for inc in traffic.incidents:
-        scope = f"endpoint:{ENDPOINTS[inc.endpoint].name}"
+        scope = ENDPOINTS[inc.endpoint].scope
         hits = [
             a
             for a in alerts
@@ -406,7 +413,7 @@ def _explain(traffic: Traffic, alerts: list[Alert], sc: Score) -> None:
         print(
             f"  {inc.kind:13} {scope:28} {inc.end - inc.start:4}m size {inc.size:5.2f} "
             f"calls {inc.calls:5} "
-            f"excess/day ${inc.excess_pico / max(inc.minutes, 1) * 1440 / 1e12:9.2f} "
+            f"excess/day ${inc.excess_pico / max(inc.minutes, 1) * 1440 / PICO:9.2f} "
             f"hits {len(hits)} {hits[0].message[:90] if hits else ''}"
         )
     for a in alerts:
@@ -415,7 +422,7 @@ def _explain(traffic: Traffic, alerts: list[Alert], sc: Score) -> None:
             for inc in traffic.incidents
         ):
             print(f"  FALSE {a.window_start:%a %H:%M} {a.severity} {a.rule} {a.message[:120]}")
-    print(f"  org $/day {traffic.total_pico / 1e12 / 21:.2f}")
+    print(f"  org $/day {traffic.total_pico / PICO / 21:.2f}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from genai_prices import Usage as GPUsage
 from genai_prices import calc_price
 
 from spendstream.events import LLMCallEvent, ServiceTier
+from spendstream.money import pico_to_usd
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
 from spendstream.stream.enrich import FinalTokens, final_tokens
-from spendstream.stream.prices import PRICE_CONTEXT, PriceBook, pico_to_usd
+from spendstream.stream.prices import PRICE_CONTEXT, PriceBook
 
 TIERS = (None, ServiceTier.FLEX, ServiceTier.PRIORITY, ServiceTier.BATCH)
 

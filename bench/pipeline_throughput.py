@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from spendstream.config import Settings
 from spendstream.producers import Emitter
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
+from spendstream.scopes import minute_of
 
 
 def fill(s: Settings, n: int) -> tuple[int, int]:
@@ -35,7 +36,7 @@ def fill(s: Settings, n: int) -> tuple[int, int]:
     em = Emitter(s, register_atexit=False)
     minutes: list[int] = []
     for ev in SyntheticTraffic(TrafficConfig(seed=21, rate=300)).events(count=n):
-        minutes.append(int(ev.timestamp.timestamp() // 60))
+        minutes.append(minute_of(ev.timestamp.timestamp()))
         em.put(ev)
     assert em.flush(300) == 0
     st = em.stats()

@@ -23,7 +23,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ORDER = [
     "emit_overhead", "produce_throughput", "cost_enrich", "pipeline_throughput",
-    "alert_latency", "alert_quality", "pg_sink", "router_eval", "cache_lookup", "cache_quality",
+    "alert_latency", "alert_quality", "replay_week", "pg_sink", "router_eval", "cache_lookup",
+    "cache_quality",
 ]  # fmt: skip
 
 

@@ -33,12 +33,12 @@ from typing import Any
 from _common import machine, private_settings, result, settings_with_stack, start_worker
 
 from spendstream.events import LLMCallEvent
+from spendstream.money import pico_to_usd
 from spendstream.probes import group_lag, pg_value, prom_value
 from spendstream.producers.emitter import Emitter
 from spendstream.producers.replay import publish
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
 from spendstream.stream.enrich import Enricher
-from spendstream.stream.prices import pico_to_usd
 
 OUT = Path(__file__).resolve().parent / "soak"
 COLUMNS = ["t_s", "emitted", "rows", "raw_lag", "enriched_lag", "rss_mb_w0", "rss_mb_w1"]

@@ -8,11 +8,12 @@ repeats by ``(alert_id, status)``.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from .scopes import minute_dt as minute_dt  # re-exported: the alert modules import it from here
 
 _NS = uuid.UUID("0b6f3c52-77a4-4f0e-9a43-6b1c2b8d5e01")
 
@@ -65,9 +66,3 @@ class Alert(BaseModel):
     @property
     def dedup_key(self) -> tuple[uuid.UUID, str]:
         return (self.alert_id, self.status)
-
-
-def minute_dt(minute: int) -> datetime:
-    from datetime import UTC
-
-    return datetime.fromtimestamp(minute * 60, UTC)

@@ -332,9 +332,9 @@ def _sink(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import signal
 
-    from .sinks.metrics import serve
     from .sinks.postgres import SinkStats, run
     from .sinks.sink_metrics import SinkCollector
+    from .stream.metrics import serve
 
     stats = SinkStats()
     try:
@@ -352,6 +352,44 @@ def _sink(args: argparse.Namespace, s: Settings) -> int:
         logging.getLogger("spendstream.sink").info("stopped: %s", st)
 
     asyncio.run(go())
+    return 0
+
+
+def _ingest(args: argparse.Namespace, s: Settings) -> int:
+    import asyncio
+    import signal
+    from dataclasses import replace
+
+    from .ingest.keys import KeyStore
+    from .ingest.otlp import MappingConfig
+    from .ingest.server import Gateway, GatewayConfig, serve
+    from .producers import Emitter
+
+    d = MappingConfig()
+    mapping = replace(
+        d,
+        endpoint_attributes=tuple(args.endpoint_attr) or d.endpoint_attributes,
+        team_attributes=tuple(args.team_attr) or d.team_attributes,
+        user_attributes=tuple(args.user_attr) or d.user_attributes,
+    )
+    config = GatewayConfig(max_body_bytes=args.max_body_bytes, mapping=mapping)
+    gateway = Gateway(Emitter(s), KeyStore(Path(args.keys_file)), config)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(gateway, args.host, args.port, stop)
+
+    asyncio.run(go())
+    return 0
+
+
+def _ingest_key(args: argparse.Namespace, s: Settings) -> int:
+    from .ingest.keys import add_key
+
+    print(add_key(Path(args.keys_file), args.service, args.team))
     return 0
 
 
@@ -471,7 +509,46 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--workers", type=int, default=2, help="stream workers to start")
     dm.set_defaults(func=_demo)
     _add_price_parser(sub)
+    _add_ingest_parsers(sub)
     return p
+
+
+def _add_ingest_parsers(sub: Any) -> None:
+    ig = sub.add_parser("ingest", help="HTTP gateway: OTLP traces and JSON events to Kafka")
+    ig.add_argument("--host", default="127.0.0.1")
+    ig.add_argument("--port", type=int, default=4318, help="default 4318, the OTLP/HTTP port")
+    ig.add_argument("--keys-file", required=True, help="JSON Lines of sha256-hashed API keys")
+    ig.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    ig.add_argument(
+        "--endpoint-attr",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE",
+        help="span attribute naming the endpoint, in order (repeatable; default http.route, "
+        "url.template, url.path, ...)",
+    )
+    ig.add_argument(
+        "--team-attr",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE",
+        help="span/resource attribute naming the team (repeatable; default spendstream.team, "
+        "team, tenant.id)",
+    )
+    ig.add_argument(
+        "--user-attr",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE",
+        help="attribute naming the end user (repeatable; default user.id, enduser.id)",
+    )
+    ig.set_defaults(func=_ingest)
+    ik = sub.add_parser("ingest-key", help="add an API key of the ingest gateway")
+    ik.add_argument("action", choices=["add"])
+    ik.add_argument("--keys-file", required=True)
+    ik.add_argument("--service", required=True)
+    ik.add_argument("--team")
+    ik.set_defaults(func=_ingest_key)
 
 
 def _add_price_parser(sub: Any) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import quote
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .money import usd_to_pico
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
@@ -215,6 +217,23 @@ class Settings(BaseSettings):
             material_usd_per_day=self.alert_material_usd_per_day,
             budgets=self.budgets,
         )
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_are_whole_picodollars(
+        cls, v: dict[str, dict[str, Decimal]]
+    ) -> dict[str, dict[str, Decimal]]:
+        """Refused at startup, not in the worker's rules: money is whole picodollars."""
+        for periods in v.values():
+            for usd in periods.values():
+                usd_to_pico(usd)
+        return v
+
+    @field_validator("alert_material_usd_per_day")
+    @classmethod
+    def _material_is_whole_picodollars(cls, v: Decimal) -> Decimal:
+        usd_to_pico(v)
+        return v
 
     @model_validator(mode="after")
     def _derive_local_addresses(self) -> Self:

@@ -35,8 +35,10 @@ from typing import Any
 from .alerts import Alert
 from .config import Settings
 from .events import LLMCallEvent
+from .money import pico_to_usd
 from .probes import pg_value, prom_query, prom_value
 from .producers.synthetic import EndpointProfile
+from .scopes import GLOBAL, endpoint_scope, minute_dt, minute_of
 
 PREFIX = "spendstream-demo-"
 TAG = "demo_run"
@@ -203,7 +205,7 @@ class LiveTable:
 
         self.console = console
         self.profiles = profiles
-        self.endpoints = [p.scope for p in profiles]
+        self.endpoints = [endpoint_scope(p.service, p.endpoint) for p in profiles]
         self.labels = [p.endpoint.rsplit("/", 1)[-1] for p in profiles]
         self.spend: dict[tuple[str, int], int] = {}
         self.closed_global: set[int] = set()
@@ -237,14 +239,12 @@ class LiveTable:
                 continue
             w = WindowSummary.from_json(value)
             self.spend[(w.scope, w.minute)] = w.spend_pico
-            if w.scope == "global:all":
+            if w.scope == GLOBAL:
                 self.closed_global.add(w.minute)
 
     def print_rows(self, show: Callable[[int], str | None]) -> None:
         """Rows for every closed minute not yet printed that ``show`` picks (its note is
         appended); a minute is printed once the next one has closed, so all its scopes are in."""
-        from .stream.prices import pico_to_usd
-
         closed = self.closed_global
         ready = sorted(m for m in closed if m > self.printed and m + 1 in closed)
         for m in ready:
@@ -254,10 +254,10 @@ class LiveTable:
                 continue
             cells = []
             for ep, lab in zip(self.endpoints, self.labels, strict=True):
-                v = self.spend.get((f"endpoint:{ep}", m))
+                v = self.spend.get((ep, m))
                 cells.append(f"{'-' if v is None else f'{pico_to_usd(v):.4f}':>{max(len(lab), 8)}}")
-            total = pico_to_usd(self.spend.get(("global:all", m), 0))
-            hhmm = datetime.fromtimestamp(m * 60, UTC).strftime("%H:%M")
+            total = pico_to_usd(self.spend.get((GLOBAL, m), 0))
+            hhmm = minute_dt(m).strftime("%H:%M")
             self.console.say(f"{hhmm:>6} {' '.join(cells)} {total:>9.4f}{note}", stamp=False)
 
     def close(self) -> None:
@@ -329,7 +329,6 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
     from .producers.replay import publish
     from .producers.synthetic import CATALOG, PRICIER
     from .stream.enrich import Enricher
-    from .stream.prices import pico_to_usd
     from .topics import ensure_topics
 
     plan = plan or DemoPlan()
@@ -355,10 +354,10 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
     expected = pico_to_usd(Enricher().total_pico(events))
     start = events[0].timestamp.replace(second=0, microsecond=0)
     res = DemoResult(run_id, start, len(events), expected)
-    inc_from = int((start + timedelta(minutes=plan.warmup_min)).timestamp() // 60)
+    inc_from = minute_of((start + timedelta(minutes=plan.warmup_min)).timestamp())
     inc_to = inc_from + plan.incident_min
     profile = next(p for p in CATALOG if p.scope == plan.target)
-    target_scope = f"endpoint:{plan.target}"
+    target_scope = endpoint_scope(profile.service, profile.endpoint)
 
     log_dir = s.stack_dir / "demo" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -383,7 +382,7 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             f"({', '.join(services)}) through the SDK, {plan.rate:g}/s"
         )
         con.say(
-            f"incident at {datetime.fromtimestamp(inc_from * 60, UTC):%H:%M} (simulated): "
+            f"incident at {minute_dt(inc_from):%H:%M} (simulated): "
             f"{plan.target} silently switches {profile.model} -> {PRICIER[profile.model]} "
             f"for {plan.incident_min} minutes"
         )

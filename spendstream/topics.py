@@ -1,5 +1,10 @@
 """The Kafka topics of the pipeline, declared once; `stack up` and workers create them from here.
 
+This is the one place that knows every topic name: the pipeline's own (:func:`declared_topics`)
+and the stage-1/stage-2 tables' changelogs of one worker app id (:func:`changelog_topics`,
+named as Faust names them, ``<app id>-<table>-changelog``, so created here before Faust would
+create them with its own defaults).
+
 Creating is idempotent: an existing topic with fewer partitions than declared is grown (never
 shrunk), and one with more is left as it is.
 """
@@ -74,6 +79,36 @@ def declared_topics(s: Settings) -> list[TopicSpec]:
             rf,
             {"retention.ms": str(30 * DAY_MS), "min.insync.replicas": min_isr},
             "records that failed validation: original bytes + reason + source offset",
+        ),
+    ]
+
+
+def changelog_topic_name(app_id: str, table: str) -> str:
+    """Faust's name for ``table``'s changelog in app ``app_id``."""
+    return f"{app_id}-{table}-changelog"
+
+
+def changelog_topics(s: Settings, app_id: str | None = None) -> list[TopicSpec]:
+    """The stage-1/stage-2 tables' changelog topics of ``app_id`` (``s.worker_app_id`` by
+    default): compacted, and co-partitioned with the topic each table is keyed by (stage 1 with
+    the raw topic, stage 2 with the partials topic), which Faust requires to restore a
+    partition's table state on the worker that owns that partition."""
+    app = s.worker_app_id if app_id is None else app_id
+    rf = s.topic_replication_factor
+    return [
+        TopicSpec(
+            changelog_topic_name(app, "stage1"),
+            s.raw_partitions,
+            rf,
+            {"cleanup.policy": "compact"},
+            "internal: stage-1 table changelog (per raw partition)",
+        ),
+        TopicSpec(
+            changelog_topic_name(app, "stage2"),
+            s.stage2_partitions,
+            rf,
+            {"cleanup.policy": "compact"},
+            "internal: stage-2 table changelog (per stage-2 partition)",
         ),
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -9,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,15 +65,7 @@ def workers(
     try:
         yield procs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_processes(procs)
 
 
 @dataclass
@@ -109,14 +103,76 @@ class TopicReader:
         self.c.close()
 
 
-def wait_for(check: Any, deadline_s: float, what: str, every: Any = None) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
+def wait_for(
+    cond: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: Callable[[], Any] | None = None,
+    interval: float = 0.2,
+) -> None:
+    """Until ``cond()`` is true, failing the test after ``timeout`` seconds.
+
+    Between checks it sleeps ``interval`` seconds, unless ``every`` is given: then ``every()``
+    runs before each check and is the wait (a blocking poll, e.g. ``reader.poll(0.5)``). A check
+    that opens a connection or a consumer must not run back to back: on 2 cores a spinning
+    check steals the CPU of the workers it waits for."""
+    deadline = time.monotonic() + timeout
+    while True:
         if every is not None:
             every()
-        if check():
+        if cond():
             return
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        if every is None:
+            time.sleep(interval)
+
+
+async def wait_for_async(
+    cond: Callable[[], Awaitable[bool]],
+    timeout: float,  # noqa: ASYNC109 - wait_for's signature
+    what: str,
+    interval: float = 0.05,
+) -> None:
+    """:func:`wait_for` inside an event loop: awaits ``cond()``, ``asyncio.sleep`` between."""
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def stop_processes(
+    procs: list[subprocess.Popen[bytes]], timeout: float = 20, group: bool = True
+) -> list[int]:
+    """SIGTERM every one (to its process group when ``group``: started in a session of its
+    own), wait until ``timeout`` s have passed for all, then SIGKILL those left; the exit codes.
+    All are signalled first so they stop in parallel, and each gets one SIGTERM only (a second
+    one may make a worker skip its clean shutdown)."""
+
+    def signal_it(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                if group:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+
+    for proc in procs:
+        signal_it(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_it(proc, signal.SIGKILL)
+            proc.wait()
+    return [proc.returncode for proc in procs]
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20, group: bool = True) -> int:
+    """:func:`stop_processes` of one process; its exit code."""
+    return stop_processes([proc], timeout, group)[0]
 
 
 def alerts_of(reader: TopicReader) -> list[Alert]:
@@ -143,13 +199,7 @@ def sink_process(env: dict[str, str], log_dir: Path) -> Iterator[subprocess.Pope
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
@@ -170,11 +220,11 @@ def replay(env: dict[str, str], path: Path, *speed: str, timeout: float = 600) -
     assert proc.returncode == 0, err.decode(errors="replace")
 
 
-def wait_windows(reader: TopicReader, n: int, deadline_s: float) -> None:
+def wait_windows(reader: TopicReader, n: int, timeout: float) -> None:
     """Poll the windows topic until it holds at least ``n`` distinct windows."""
     wait_for(
         lambda: len(latest_windows(reader)) >= n,
-        deadline_s,
+        timeout,
         f"{n} windows",
         every=lambda: reader.poll(0.5),
     )

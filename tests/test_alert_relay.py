@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from spendstream.alerts import Alert, alert_id
 from spendstream.config import Settings
 from spendstream.probes import group_lag
 from spendstream.sinks.alert_relay import line_of, payload
-from tests.stream_helpers import ROOT, private_settings, wait_for
+from tests.stream_helpers import ROOT, private_settings, stop_process, wait_for
 
 T0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
 
@@ -99,8 +98,8 @@ def start_relay(env: dict[str, str], url: str, log: Path) -> subprocess.Popen[by
 
 
 def stop(p: subprocess.Popen[bytes]) -> None:
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(30) == 0
+    """A clean stop: SIGTERM (the relay is not a group leader), exit 0 within 30 s."""
+    assert stop_process(p, 30, group=False) == 0
 
 
 @pytest.mark.stack

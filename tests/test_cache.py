@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from spendstream.cache import CacheConfig, CacheRequest, SemanticCache
 from spendstream.cache.guard import mismatch
 from spendstream.config import Settings
 from spendstream.events import CacheKind, LLMCallEvent
+from tests.stream_helpers import wait_for_async
 
 pytestmark = [pytest.mark.stack]
 
@@ -49,15 +49,6 @@ def run(stack: Settings, body: Callable[[SemanticCache], Awaitable[Any]], **cfg:
             await cache.close()
 
     return asyncio.run(go())
-
-
-async def until(check: Callable[[], Awaitable[bool]], deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
 
 
 def test_exact_and_semantic_hits_misses_and_stats(stack: Settings) -> None:
@@ -99,7 +90,7 @@ def test_entries_expire_with_their_ttl(stack: Settings) -> None:
         async def both_gone() -> bool:
             return await c.get(req(PW)) is None and await c.get(req(PW_PARA)) is None
 
-        await until(both_gone, 5, "the entry to expire")
+        await wait_for_async(both_gone, 5, "the entry to expire")
         left = [k async for k in c.redis.scan_iter(match=f"{c.prefix}:[ex]:*")]
         assert left == []  # Redis expired the entry and its exact twin
 
@@ -209,11 +200,15 @@ def test_two_processes_share_entries_and_evictions(stack: Settings) -> None:
             assert hit is not None and hit.response == f"from-p2:{PW}"
             put_elsewhere("How can I cancel my subscription?")  # while we run: via the stream
             part = req(PW).partition
-            await until(lambda: _true(len(c.indexes[part]) == 2), 10, "the other process's entry")
+            await wait_for_async(
+                lambda: _true(len(c.indexes[part]) == 2), 10, "the other process's entry"
+            )
             hit = await c.get(req("What's the way to cancel my subscription?"))
             assert hit is not None and hit.response == "from-p2:How can I cancel my subscription?"
             put_elsewhere("Why is the sky blue?")  # evicts the oldest (the password entry)
-            await until(lambda: _true(PW not in c.indexes[part].prompts), 10, "the eviction")
+            await wait_for_async(
+                lambda: _true(PW not in c.indexes[part].prompts), 10, "the eviction"
+            )
             assert len(c.indexes[part]) == 2
             assert await c.get(req(PW_PARA)) is None and await c.get(req(PW)) is None
         finally:

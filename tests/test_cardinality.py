@@ -15,15 +15,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from spendstream.events import LLMCallEvent, Usage, example_event
-from spendstream.sinks.metrics import PipelineMetrics
+from spendstream.money import PICO
+from spendstream.scopes import endpoint_scope, minute_of
 from spendstream.stream.enrich import EnrichedCall, Enricher
+from spendstream.stream.metrics import PipelineMetrics
 from spendstream.stream.pipeline import DictState, Snapshot, Stage1, Stage2
 from spendstream.stream.prices import PriceBook
 from spendstream.stream.rules import HIST_KEEP, RuleConfig, ScopeRules
-from spendstream.stream.windows import OTHER, TOP_NAMES, Agg, RecordAggregate, endpoint_scope
+from spendstream.stream.windows import OTHER, TOP_NAMES, Agg, RecordAggregate
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-MINUTE0 = int(T0.timestamp() // 60)
+MINUTE0 = minute_of(T0.timestamp())
 SAFE_BYTES = 256 * 1024
 
 
@@ -85,7 +87,7 @@ def test_no_stage1_record_grows_with_the_number_of_scopes_in_a_minute() -> None:
     s1 = Stage1(state)
     s1.apply(0, 0, aggregate(calls))
     sizes = [len(json.dumps(v)) for v in state.values()]
-    assert len(state) == 5_000 + 4 + 1  # endpoints, model/service/team/global, watermark
+    assert len(state) == 5_000 + 4 + 2  # endpoints, model/service/team/global, watermark, version
     assert max(sizes) < 4096
     snaps = s1.snapshots(0)
     assert len(snaps) == 5_004
@@ -217,7 +219,7 @@ def test_metric_label_sets_are_capped_with_other_and_an_overflow_count() -> None
     assert sum(s.value for s in req) == 260
     cost = sum(s.value for s in fams["spendstream_llm_cost_usd"].samples)
     assert (
-        abs(cost - (sum(c.cost_pico for c in calls) + sum(c.cost_pico for c in calls[:10])) / 1e12)
+        abs(cost - (sum(c.cost_pico for c in calls) + sum(c.cost_pico for c in calls[:10])) / PICO)
         < 1e-9
     )
     over = {s.labels["family"]: s.value for s in fams["spendstream_metric_labels_overflow"].samples}

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import stat
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from spendstream.config import Settings
 from spendstream.stack import credentials
@@ -151,3 +153,12 @@ def test_missing_prerequisite_names_the_install_command(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match=hint):
         service(Settings()).check_prerequisites()
+
+
+def test_a_sub_picodollar_budget_is_refused_at_startup_not_in_the_worker() -> None:
+    with pytest.raises(ValidationError, match="whole number of picodollars"):
+        Settings(_env_file=None, budgets={"team:x": {"hourly": "0.0000000000001"}})
+    with pytest.raises(ValidationError, match="whole number of picodollars"):
+        Settings(_env_file=None, alert_material_usd_per_day="0.0000000000001")
+    ok = Settings(_env_file=None, budgets={"team:x": {"hourly": "0.000000000001"}})
+    assert ok.budgets["team:x"]["hourly"] == Decimal("0.000000000001")

@@ -11,8 +11,8 @@ import pytest
 from spendstream.alerts import Alert
 from spendstream.config import Settings
 from spendstream.demo import PREFIX, TAG, DemoPlan, plan_events, run_demo
+from spendstream.money import pico_to_usd
 from spendstream.stream.enrich import Enricher
-from spendstream.stream.prices import pico_to_usd
 from tests.books import query
 from tests.stream_helpers import TopicReader, wait_for
 

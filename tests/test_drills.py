@@ -44,7 +44,7 @@ def outage(stack: Settings, tmp_path: Path, service: str, seconds: float, seed: 
             local_stack.down(stack, [service])
             down_at = time.monotonic()
             wait_for(lambda: time.monotonic() - down_at >= seconds, seconds + 10,
-                     f"{seconds:g} s without {service}", every=lambda: time.sleep(0.5))  # fmt: skip
+                     f"{seconds:g} s without {service}", interval=0.5)  # fmt: skip
             assert feed.poll() is None or feed.returncode == 0  # never failed by the outage
             assert sink.poll() is None  # still alive, retrying
             local_stack.up(stack, [service])

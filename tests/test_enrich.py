@@ -203,7 +203,7 @@ REALTIME_TS = "2026-12-01T12:00:00Z"
 
 
 def test_usage_error_prices_as_unknown_with_the_reason_and_is_counted() -> None:
-    from spendstream.sinks.metrics import PipelineMetrics
+    from spendstream.stream.metrics import PipelineMetrics
 
     ev = example_event(usage={"input_tokens": 1200}, usage_error="cached_tokens > prompt_tokens")
     call = ENRICHER.enrich(ev, ev.to_json())
@@ -232,7 +232,7 @@ def test_embeddings_with_reported_input_are_exact_not_estimated() -> None:
 
 
 def test_new_units_and_tier_reach_the_enriched_json_and_metrics() -> None:
-    from spendstream.sinks.metrics import PipelineMetrics
+    from spendstream.stream.metrics import PipelineMetrics
 
     # gpt-realtime, as in test_prices: 1,500 text + 2,000 cached text + 1,000 cached audio
     # + 5,000 audio + 500 image in, 500 text + 1,500 audio out = $0.2737

@@ -9,7 +9,6 @@ worker's future skew (which must be dead-lettered, not windowed)."""
 
 from __future__ import annotations
 
-import asyncio
 import string
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,10 +32,11 @@ from spendstream.events import (
     EnrichedEvent,
     LLMCallEvent,
 )
+from spendstream.scopes import minute_of
 from spendstream.sinks.postgres import PostgresSink, row_of
 from spendstream.stream.enrich import Enricher
 from spendstream.stream.offline import records_of, run
-from tests.books import migrated_db
+from tests.books import migrated_db, on_pg
 
 pytestmark = [pytest.mark.stack]
 
@@ -147,7 +146,7 @@ def test_extreme_events_balance_the_books_and_every_enriched_event_is_stored(
     watermark = max(e.timestamp.timestamp() for e in admitted)
     per_minute: dict[int, list[int]] = {}
     for e in admitted:
-        per_minute.setdefault(int(e.timestamp.timestamp() // 60), []).append(cost[e.event_id])
+        per_minute.setdefault(minute_of(e.timestamp.timestamp()), []).append(cost[e.event_id])
     # at the end every partition is idle: each minute that has ended in event time is closed
     assert set(closed) == {m for m in per_minute if (m + 1) * 60 <= watermark}
     assert {m: (a.spend, a.calls) for m, a in closed.items()} == {
@@ -160,20 +159,20 @@ def test_extreme_events_balance_the_books_and_every_enriched_event_is_stored(
     ]
     assert len(enriched) == len(admitted)
     rows = [row_of(e, keep_text=True, hash_key=b"k") for e in enriched]
-    new, refused, stored = asyncio.run(write(db, rows, [e.event.event_id for e in enriched]))
+    new, refused, stored = write(db, rows, [e.event.event_id for e in enriched])
     assert refused == [] and new == len(rows)
     total = sum((e.cost.total for e in enriched if e.cost), Decimal(0))
     assert stored == total
 
 
-async def write(s: Settings, rows: list[Any], ids: list[uuid.UUID]) -> tuple[int, Any, Decimal]:
+def write(s: Settings, rows: list[Any], ids: list[uuid.UUID]) -> tuple[int, Any, Decimal]:
     """Through the sink's own write path; returns (new rows, refused, their stored cost)."""
-    conn = await asyncpg.connect(s.postgres_dsn)
-    try:
+
+    async def go(conn: Any) -> tuple[int, Any, Decimal]:
         new, refused = await PostgresSink(conn).write_good(rows)
         stored = await conn.fetchval(
             "SELECT coalesce(sum(cost_usd), 0) FROM llm_calls WHERE event_id = ANY($1)", ids
         )
         return new, refused, stored
-    finally:
-        await conn.close()
+
+    return on_pg(go, s.postgres_dsn)

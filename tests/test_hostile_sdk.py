@@ -40,10 +40,6 @@ UNREACHABLE = Settings(kafka_bootstrap_servers="127.0.0.1:1", service="probe")
 """A broker address where nothing listens (the broker-down case)."""
 
 
-def poll() -> None:
-    time.sleep(0.05)
-
-
 @pytest.fixture
 def topic(stack: Settings) -> str:
     return fresh_topic(stack, "hostile", partitions=1)
@@ -480,7 +476,7 @@ def test_a_thousand_large_prompts_with_the_broker_down_grow_the_host_by_the_boun
         # measured: +253 MB when only the event count bounded the buffer (issue 13: +254 MB);
         # now ~100 MiB at the peak (records being encoded are copies) settling at ~65 MiB
         assert grown < 128 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
-        wait_for(lambda: _rss() - before < 80 * 2**20, 10, "RSS back near the bound", every=poll)
+        wait_for(lambda: _rss() - before < 80 * 2**20, 10, "RSS back near the bound", interval=0.05)
     finally:
         e.close(timeout=0)
 
@@ -497,7 +493,7 @@ def test_the_first_delivery_failure_is_logged_at_once(caplog: pytest.LogCaptureF
         def logged() -> bool:
             return "delivery_failed=1" in caplog.text
 
-        wait_for(logged, 15, "the first delivery failure in the log", every=poll)
+        wait_for(logged, 15, "the first delivery failure in the log", interval=0.05)
         assert time.monotonic() - t0 < 15  # not 60 s after start
     finally:
         e.close(timeout=0)
@@ -516,7 +512,7 @@ def test_drops_are_logged_once_per_reason_per_interval_and_summed_at_close(
     def drop_lines() -> list[logging.LogRecord]:
         return [r for r in caplog.records if "buffer_full=" in r.getMessage()]
 
-    wait_for(lambda: len(drop_lines()) == 1, 5, "the first buffer_full drop logged", every=poll)
+    wait_for(lambda: len(drop_lines()) == 1, 5, "the first buffer_full drop logged", interval=0.05)
     accepted += sum(e.emit(_big_event(i, 262_144)) for i in range(10, 20))
     assert accepted == 3
     assert e.stats().dropped == {"buffer_full": 17}
@@ -640,7 +636,7 @@ def test_uvicorn_sigterm_right_after_the_last_calls_loses_none_of_them(
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, 30, "uvicorn serving", every=poll)
+        wait_for(up, 30, "uvicorn serving", interval=0.05)
         for _ in range(3):
             assert httpx.get(f"http://127.0.0.1:{port}/answer", timeout=5).status_code == 200
         proc.send_signal(signal.SIGTERM)  # within the 1 s linger of the last event

@@ -7,7 +7,6 @@ the sink's own checks are what is tested."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import urllib.request
@@ -17,16 +16,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from confluent_kafka import Producer
 
 from spendstream import wire
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent, example_event
+from spendstream.money import usd_to_pico
 from spendstream.stream.enrich import Enricher
-from spendstream.stream.prices import PICO
-from tests.books import migrated_db, query
+from tests.books import migrated_db, on_pg, query
 from tests.stream_helpers import TopicReader, sink_process, wait_for, workers
 
 pytestmark = [pytest.mark.stack]
@@ -108,7 +106,7 @@ def test_rows_the_sink_cannot_store_are_dead_lettered_one_by_one_and_the_batch_i
 
     assert query(s, "SELECT count(DISTINCT event_id) FROM llm_calls") == 45
     stored = Decimal(query(s, "SELECT sum(cost_usd) FROM llm_calls"))
-    assert stored * PICO == en.total_pico(good + later)
+    assert usd_to_pico(stored) == en.total_pico(good + later)
     assert query(s, "SELECT count(*) FROM llm_calls WHERE user_id = 'poison'") == 0
     got = sorted(dlq.records, key=lambda m: int(headers(m)["spendstream-source-line"]))
     assert [m.value() for m in got] == bad
@@ -142,15 +140,11 @@ def test_a_nul_in_a_row_is_isolated_by_bisection_when_it_reaches_postgresql(
     for i in (3, 17, 32):
         rows[i] = (*rows[i][:user_id], "u\x00x", *rows[i][user_id + 1 :])
 
-    async def go() -> tuple[int, list[tuple[int, str]], int]:
-        conn = await asyncpg.connect(s.postgres_dsn)
-        try:
-            new, refused = await PostgresSink(conn).write_good(rows)
-            return new, refused, await conn.fetchval("SELECT count(*) FROM llm_calls")
-        finally:
-            await conn.close()
+    async def go(conn: Any) -> tuple[int, list[tuple[int, str]], int]:
+        new, refused = await PostgresSink(conn).write_good(rows)
+        return new, refused, await conn.fetchval("SELECT count(*) FROM llm_calls")
 
-    new, refused, stored = asyncio.run(go())
+    new, refused, stored = on_pg(go, s.postgres_dsn)
     assert (new, stored) == (30, 30)
     assert [i for i, _ in refused] == [3, 17, 32]
     assert all("CharacterNotInRepertoireError" in why for _, why in refused)

@@ -17,6 +17,7 @@ import pytest
 
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent, Usage
+from spendstream.scopes import minute_of
 from spendstream.stream.enrich import EnrichedCall, Enricher
 from spendstream.stream.pipeline import DictState, Stage1, Stage2
 from spendstream.stream.rules import RuleConfig
@@ -25,7 +26,7 @@ from tests.stream_helpers import TopicReader, latest_windows, private_settings, 
 from tests.stream_helpers import workers as run_workers
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-M0 = int(T0.timestamp() // 60)
+M0 = minute_of(T0.timestamp())
 Y2099 = datetime(2099, 6, 1, tzinfo=UTC)
 
 
@@ -155,7 +156,7 @@ def test_ten_thousand_prompt_versions_in_one_minute_keep_the_worker_going_and_wi
     stack: Settings, tmp_path: Path
 ) -> None:
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
-    m = int(minute.timestamp() // 60)
+    m = minute_of(minute.timestamp())
     pv, rest = flood(minute)
     path = tmp_path / "flood.jsonl"
     path.write_bytes(b"".join(e.to_json() + b"\n" for e in pv + rest))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import urllib.request
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spendstream.config import Settings
 from spendstream.events import EnrichedEvent
+from spendstream.livespend import LiveSpend
+from spendstream.money import pico_to_usd
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
-from spendstream.sinks.live import LiveSpend
-from spendstream.stream.prices import pico_to_usd
+from spendstream.scopes import minute_dt, minute_of, team_scope
 from tests.stream_helpers import (
     TopicReader,
     latest_windows,
@@ -74,10 +74,8 @@ def test_worker_metrics_match_the_enriched_events(stack: Settings, tmp_path: Pat
             "the metrics to count every call",
         )
         text = scrape()
-        minutes = {int(e.timestamp.timestamp() // 60) for e in events}
-        team_minutes = {
-            (f"team:{e.team or '-'}", int(e.timestamp.timestamp() // 60)) for e in events
-        }
+        minutes = {minute_of(e.timestamp.timestamp()) for e in events}
+        team_minutes = {(team_scope(e.team), minute_of(e.timestamp.timestamp())) for e in events}
 
         def all_closed() -> bool:
             # every closed minute's team windows too: they sit on other partitions of the
@@ -98,7 +96,7 @@ def test_worker_metrics_match_the_enriched_events(stack: Settings, tmp_path: Pat
     assert teams
     for team in teams:
         last = max(int(k.split("|")[1]) for k in got if k.startswith(team + "|"))
-        at = datetime.fromtimestamp(last * 60, UTC)
+        at = minute_dt(last)
         hour = sum(
             v["spend_pico"]
             for k, v in got.items()

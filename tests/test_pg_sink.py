@@ -3,21 +3,19 @@ that agree with the windows, and migrations / retention."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from spendstream.config import Settings
 from spendstream.probes import group_lag
 from spendstream.producers.synthetic import SyntheticTraffic, TrafficConfig
 from spendstream.sinks.db import ensure_partitions, migrate, parse_age, prune
-from tests.books import assert_books_agree, migrated_db, private_db, query
+from tests.books import assert_books_agree, migrated_db, on_pg, private_db, query
 from tests.stream_helpers import (
     TopicReader,
     replay,
@@ -66,24 +64,20 @@ def test_100k_events_become_100k_rows_and_a_replay_adds_none(
 def test_migrations_are_recorded_and_prune_drops_whole_days(stack: Settings) -> None:
     s, _ = private_db(stack, "prune")
 
-    async def go() -> tuple[list[str], list[str], list[str], int]:
-        conn = await asyncpg.connect(s.postgres_dsn)
-        try:
-            first = await migrate(conn)
-            again = await migrate(conn)
-            now = datetime(2026, 6, 30, 12, tzinfo=UTC)
-            days = {(now - timedelta(days=d)).date() for d in (0, 1, 89, 90, 91, 120)}
-            await ensure_partitions(conn, days)
-            dropped = await prune(conn, parse_age("90d"), now=now)
-            left = await conn.fetchval(
-                "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
-                "WHERE p.relname = 'llm_calls'"
-            )
-            return first, again, dropped, left
-        finally:
-            await conn.close()
+    async def go(conn: Any) -> tuple[list[str], list[str], list[str], int]:
+        first = await migrate(conn)
+        again = await migrate(conn)
+        now = datetime(2026, 6, 30, 12, tzinfo=UTC)
+        days = {(now - timedelta(days=d)).date() for d in (0, 1, 89, 90, 91, 120)}
+        await ensure_partitions(conn, days)
+        dropped = await prune(conn, parse_age("90d"), now=now)
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
+            "WHERE p.relname = 'llm_calls'"
+        )
+        return first, again, dropped, left
 
-    first, again, dropped, left = asyncio.run(go())
+    first, again, dropped, left = on_pg(go, s.postgres_dsn)
     assert first == [
         "0001_calls.sql",
         "0002_cache_saved.sql",
@@ -122,21 +116,17 @@ def test_report_groups_costs_shares_and_p95_from_the_rows(stack: Settings) -> No
     ]  # 4.00
     calls += [call("/c", "x", "1.00", 10.0, 90)]  # outside the hour asked for
 
-    async def go() -> tuple[list[Any], list[Any], list[Any]]:
-        conn = await asyncpg.connect(s.postgres_dsn)
-        try:
-            sink = PostgresSink(conn)
-            assert await sink.write([row_of(c) for c in calls]) == len(calls)
-            hour = (t0, t0 + timedelta(hours=1), "endpoint")
-            return (
-                await report(conn, *hour),
-                await report(conn, *hour, tags={"run": "r2"}),
-                await report(conn, *hour, tags={"run": "r2", "env": "dev"}),
-            )
-        finally:
-            await conn.close()
+    async def go(conn: Any) -> tuple[list[Any], list[Any], list[Any]]:
+        sink = PostgresSink(conn)
+        assert await sink.write([row_of(c) for c in calls]) == len(calls)
+        hour = (t0, t0 + timedelta(hours=1), "endpoint")
+        return (
+            await report(conn, *hour),
+            await report(conn, *hour, tags={"run": "r2"}),
+            await report(conn, *hour, tags={"run": "r2", "env": "dev"}),
+        )
 
-    rows, tagged, mismatched = asyncio.run(go())
+    rows, tagged, mismatched = on_pg(go, s.postgres_dsn)
     # --tag keeps only calls carrying every given tag
     assert [(r.key, r.cost_usd, r.calls) for r in tagged] == [
         (f"{calls[0].event.service}/b", Decimal("4.000000000000"), 2)
@@ -172,8 +162,7 @@ def test_rollups_rewrite_the_days_and_hours_written_from_their_own_connection(
 
     hourly = "SELECT hour, team, requests, cost_usd FROM hourly_team_costs ORDER BY hour, team"
 
-    async def go() -> tuple[list[Any], list[Any], Any]:
-        conn = await asyncpg.connect(s.postgres_dsn)
+    async def go(conn: Any) -> tuple[list[Any], list[Any], Any]:
         sink = PostgresSink(conn)
         refresher = RollupRefresher(s, lambda: sink, every_s=30)
         try:
@@ -195,9 +184,8 @@ def test_rollups_rewrite_the_days_and_hours_written_from_their_own_connection(
             return first, second, daily
         finally:
             await refresher.close()
-            await conn.close()
 
-    first, second, daily = asyncio.run(go())
+    first, second, daily = on_pg(go, s.postgres_dsn)
     h9, h10 = t0, t0 + timedelta(hours=1)
     assert first == [
         (h9, "a", 3, Decimal("0.300000000000")),
@@ -242,16 +230,12 @@ def test_report_escapes_terminal_sequences_neutralises_csv_formulas_and_keeps_gr
         row("8", service="s", endpoint="/y", team='=HYPERLINK("http://evil","f")'),
     ]
 
-    async def go() -> tuple[list[Any], list[Any]]:
-        conn = await asyncpg.connect(s.postgres_dsn)
-        try:
-            await PostgresSink(conn).write(rows)
-            hour = (t0, t0 + timedelta(hours=1))
-            return await report(conn, *hour, "endpoint"), await report(conn, *hour, "team")
-        finally:
-            await conn.close()
+    async def go(conn: Any) -> tuple[list[Any], list[Any]]:
+        await PostgresSink(conn).write(rows)
+        hour = (t0, t0 + timedelta(hours=1))
+        return await report(conn, *hour, "endpoint"), await report(conn, *hour, "team")
 
-    by_endpoint, by_team = asyncio.run(go())
+    by_endpoint, by_team = on_pg(go, s.postgres_dsn)
     assert sorted((r.key, r.cost_usd) for r in by_endpoint if r.key == "a/v1/x") == [
         ("a/v1/x", Decimal("1.000000000000")),
         ("a/v1/x", Decimal("2.000000000000")),

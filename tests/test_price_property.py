@@ -40,14 +40,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spendstream.events import ServiceTier
+from spendstream.money import PICO, pico_to_usd
 from spendstream.stream.enrich import FinalTokens
-from spendstream.stream.prices import (
-    BATCH_HALF_PROVIDERS,
-    PICO,
-    PRICE_CONTEXT,
-    _row_from_genai,
-    pico_to_usd,
-)
+from spendstream.stream.prices import BATCH_HALF_PROVIDERS, PRICE_CONTEXT, _row_from_genai
 
 TS = datetime(2026, 12, 1, 12, tzinfo=UTC)
 COUNTABLE = {

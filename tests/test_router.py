@@ -12,6 +12,7 @@ import redis
 
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
+from spendstream.livespend import day_key, hour_key
 from spendstream.router import (
     BudgetView,
     KeywordHeuristic,
@@ -21,7 +22,6 @@ from spendstream.router import (
     RouteRequest,
     load_config,
 )
-from spendstream.sinks.live import day_key, hour_key
 
 MODELS = {
     "cheap": {"provider": "openai", "model": "gpt-4o-mini", "context_tokens": 1000},

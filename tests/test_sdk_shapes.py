@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from spendstream.events import ServiceTier, Status, Usage
+from spendstream.money import pico_to_usd
 from spendstream.producers import MemoryEmitter, track, use_emitter
 from spendstream.stream.enrich import Enricher
 
@@ -84,7 +85,7 @@ def _anthropic_client(body: bytes, content_type: str) -> Any:
 def cost(ev: Any) -> Decimal:
     call = Enricher().enrich(ev, ev.to_json())
     assert call.parts_pico is not None, "price unknown"
-    return Decimal(call.cost_pico) / 10**12
+    return pico_to_usd(call.cost_pico)
 
 
 CHAT = {

@@ -7,14 +7,16 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
-import asyncpg
 import pytest
 import redis
 
 from spendstream import stack as local_stack
 from spendstream.config import Settings
 from spendstream.topics import declared_topics, topic_partitions
+from tests.books import on_pg
+from tests.stream_helpers import wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -42,14 +44,15 @@ def test_declared_topics_exist_with_their_partitions(stack: Settings) -> None:
     assert have[stack.topic_raw] >= 6
 
 
-async def test_postgres_answers_in_the_project_database(stack: Settings) -> None:
-    conn = await asyncpg.connect(stack.postgres_dsn)
-    try:
-        assert await conn.fetchval("SELECT 1") == 1
-        assert await conn.fetchval("SELECT current_database()") == stack.postgres_db
-        assert await conn.fetchval("SELECT current_setting('listen_addresses')") == "127.0.0.1"
-    finally:
-        await conn.close()
+def test_postgres_answers_in_the_project_database(stack: Settings) -> None:
+    async def ask(conn: Any) -> tuple[Any, ...]:
+        return (
+            await conn.fetchval("SELECT 1"),
+            await conn.fetchval("SELECT current_database()"),
+            await conn.fetchval("SELECT current_setting('listen_addresses')"),
+        )
+
+    assert on_pg(ask, stack.postgres_dsn) == (1, stack.postgres_db, "127.0.0.1")
 
 
 def test_postgres_does_not_run_as_root(stack: Settings) -> None:
@@ -75,15 +78,16 @@ def test_redis_set_get_ping(stack: Settings) -> None:
 def test_prometheus_ready_and_scraping_worker_ports(stack: Settings) -> None:
     with urllib.request.urlopen(f"{stack.prometheus_url}/-/ready", timeout=5) as r:
         assert r.status == 200
-    deadline = time.monotonic() + 30
     urls: set[str] = set()
-    while time.monotonic() < deadline:
+
+    def scraping() -> bool:
         with urllib.request.urlopen(f"{stack.prometheus_url}/api/v1/targets", timeout=5) as r:
             active = json.load(r)["data"]["activeTargets"]
-        urls = {t["scrapeUrl"] for t in active if t["labels"]["job"] == "spendstream"}
-        if urls:
-            break
-        time.sleep(0.5)
+        urls.clear()
+        urls.update(t["scrapeUrl"] for t in active if t["labels"]["job"] == "spendstream")
+        return bool(urls)
+
+    wait_for(scraping, 30, "Prometheus to list the spendstream targets", interval=0.5)
     expected = {
         f"http://127.0.0.1:{stack.metrics_port + i}/metrics" for i in range(stack.metrics_targets)
     }

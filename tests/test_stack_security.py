@@ -8,7 +8,6 @@ password ``spendstream``) and checks that `stack up` moves it to the generated p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -30,6 +30,7 @@ from spendstream import stack as local_stack
 from spendstream.config import LEGACY_POSTGRES_PASSWORD, Settings
 from spendstream.stack import credentials
 from spendstream.stack.services import Postgres, all_services
+from tests.books import on_pg
 
 pytestmark = pytest.mark.stack
 
@@ -39,21 +40,18 @@ SERVICES = ("kafka", "postgres", "redis", "prometheus")
 def pg_fetch(s: Settings, host: str, password: str | None, sql: str) -> list[asyncpg.Record]:
     """``sql``'s rows as ``s.postgres_user`` on ``host`` (a socket dir or an address)."""
 
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(
-            host=host,
-            port=s.postgres_port,
-            user=s.postgres_user,
-            password=password,
-            database="postgres",
-            timeout=5,
-        )
-        try:
-            return list(await conn.fetch(sql))
-        finally:
-            await conn.close()
+    async def fetch(conn: Any) -> list[asyncpg.Record]:
+        return list(await conn.fetch(sql))
 
-    return asyncio.run(run())
+    return on_pg(
+        fetch,
+        host=host,
+        port=s.postgres_port,
+        user=s.postgres_user,
+        password=password,
+        database="postgres",
+        timeout=5,
+    )
 
 
 def open_to_others(root: Path) -> list[str]:

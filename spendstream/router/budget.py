@@ -2,7 +2,7 @@
 
 The router must decide in well under a millisecond with no network call, so it reads a
 snapshot. ``refresh()`` fetches every scope seen so far in one ``MGET`` (via
-:class:`~spendstream.sinks.live.LiveSpend`); ``start()`` runs it on a daemon thread every few
+:class:`~spendstream.livespend.LiveSpend`); ``start()`` runs it on a daemon thread every few
 seconds. A scope the router has not seen yet reads as no spend until the next refresh; Redis
 down keeps the last snapshot (logged), which fails open — budgets are a guard rail, the
 PostgreSQL books are the record.
@@ -15,7 +15,7 @@ import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from ..sinks.live import LiveSpend
+from ..livespend import LiveSpend
 
 log = logging.getLogger("spendstream.router")
 ZERO = Decimal(0)

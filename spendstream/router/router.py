@@ -26,8 +26,9 @@ from time import time
 from typing import Any
 
 from ..cache.embedders import Embedder
-from ..stream.prices import PriceBook, pico_to_usd
-from ..stream.windows import endpoint_scope
+from ..money import pico_to_usd
+from ..scopes import GLOBAL, endpoint_scope, service_scope, team_scope
+from ..stream.prices import PriceBook
 from .budget import BudgetView
 from .complexity import ComplexityPolicy, KeywordHeuristic, LearnedComplexity
 from .policy import Budget, EndpointPolicy, ModelSpec, RouterConfig
@@ -146,13 +147,13 @@ class Router:
         if self.budgets is None:
             return 0.0, ""
         if b.scope == "team":
-            scope = f"team:{req.team or '-'}"
+            scope = team_scope(req.team)
         elif b.scope == "endpoint":
             scope = endpoint_scope(req.service or "unknown", req.endpoint)
         elif b.scope == "service":
-            scope = f"service:{req.service or 'unknown'}"
+            scope = service_scope(req.service or "unknown")
         else:
-            scope = "global:all"
+            scope = GLOBAL
         hour, day = self.budgets.get(scope)
         used, what = 0.0, ""
         for spent, limit, label in ((hour, b.hourly_usd, "hourly"), (day, b.daily_usd, "daily")):

@@ -51,8 +51,9 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from ..alerts import Alert, alert_id, minute_dt
+from ..alerts import Alert, alert_id
 from ..config import Settings
+from ..scopes import GLOBAL, minute_dt, minute_of
 
 log = logging.getLogger("spendstream.alerts")
 
@@ -270,7 +271,7 @@ class HeldGroup:
             rule=self.rule,
             status="firing",
             severity=self.severity,
-            scope="global:all",
+            scope=GLOBAL,
             window_start=start,
             window_end=minute_dt(self.minute + 1),
             first_seen=start,
@@ -303,7 +304,7 @@ class FanoutLimiter:
 
     def admit(self, a: Alert, *, replay: bool = False) -> bool:
         """True: post it. False: held (added to a pending group unless ``replay``)."""
-        minute = int(a.window_start.timestamp()) // 60
+        minute = minute_of(a.window_start.timestamp())
         key = (a.rule, minute)
         if minute > self.newest:
             self._prune(minute)

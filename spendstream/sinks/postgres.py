@@ -1,10 +1,9 @@
 """PostgreSQL sink: the enriched topic → ``llm_calls`` (one row per call) and the rollups.
 
-Batching-sink contract (after quixstreams' ``BatchingSink``): :meth:`PostgresSink.add` collects
-rows, :meth:`PostgresSink.write` makes a batch durable, :meth:`PostgresSink.flush` writes what
-was added. A batch is COPY'd into a temporary table and moved with
-``INSERT … ON CONFLICT (event_id, ts) DO NOTHING`` in one transaction, so a redelivered event
-never makes a second row. :func:`run` commits Kafka offsets only after that transaction has
+:meth:`PostgresSink.write` makes one batch durable (the caller batches: :func:`run` hands it
+up to ``batch_rows`` consumed rows at a time). A batch is COPY'd into a temporary table and
+moved with ``INSERT … ON CONFLICT (event_id, ts) DO NOTHING`` in one transaction, so a redelivered
+event never makes a second row. :func:`run` commits Kafka offsets only after that transaction has
 committed; while PostgreSQL is unreachable it retries with backoff and stops consuming
 (back-pressure), so nothing is lost and nothing is skipped.
 
@@ -178,22 +177,9 @@ class PostgresSink:
     """Idempotent batched writer of ``llm_calls`` rows over one asyncpg connection."""
 
     conn: Any
-    rows: list[Row] = field(default_factory=list)
     hours: set[datetime] = field(default_factory=set)
     """UTC hours written since the last rollup refresh (their days are the days touched)."""
     _partitions: set[date] = field(default_factory=set)
-    written: int = 0
-    """Rows actually inserted (redelivered ones excluded)."""
-
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
-
-    async def flush(self) -> int:
-        if not self.rows:
-            return 0
-        n = await self.write(self.rows)
-        self.rows = []
-        return n
 
     async def write(self, batch: Sequence[Row]) -> int:
         """Make ``batch`` durable; returns how many rows were new."""
@@ -214,7 +200,6 @@ class PostgresSink:
                 "ON CONFLICT (event_id, ts) DO NOTHING"
             )
         inserted = int(status.rsplit(" ", 1)[1])
-        self.written += inserted
         self.hours |= {r[1].replace(minute=0, second=0, microsecond=0) for r in batch}
         return inserted
 

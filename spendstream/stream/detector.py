@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .prices import PICO, pico_to_usd
+from ..money import pico_to_usd, usd_to_pico
 from .windows import Agg
 
 BUCKET = 15
@@ -249,7 +249,7 @@ def excess(st: dict[str, Any]) -> tuple[float, float]:
 
 def material(cfg: DetectorConfig, org: Org | None, spend_per_min: float) -> bool:
     day = spend_per_min * 1440
-    floor = float(cfg.material_usd_per_day * PICO)
+    floor = float(usd_to_pico(cfg.material_usd_per_day))
     share = cfg.material_share * org.spend_day if org is not None and org.spend_day > 0 else 0.0
     need = max(floor, share)
     return day > 0 and day >= need

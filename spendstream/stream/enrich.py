@@ -10,6 +10,12 @@ re-serializing the whole model: it parses to the same :class:`EnrichedEvent` (te
 fraction of the cost. Prompt/response text is dropped from the enriched event unless
 ``keep_text`` is set.
 
+Reading a line: :func:`~.fastcheck.read_line` (msgspec, ~3 µs) takes the common line and gives
+a :class:`~.fastcheck.WireEvent` (the model's fields and value types, no pydantic object);
+every other line is validated by pydantic (~10 µs), which also writes every dead letter's
+reason, so reasons name the same field as before. ``EnrichedCall.event`` is therefore either
+type; ``LLMCallEvent.from_json(call.raw)`` is the model of a call when one is needed.
+
 Admission checks beyond the schema, kept off the common path:
 
 - *Future skew*: an event dated more than ``max_future_skew_s`` (default 300 s) ahead of the
@@ -42,9 +48,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..events import EnrichedEvent, LLMCallEvent, Operation, TokenCounts, Usage, describe_error
+from ..money import usd_str
 from . import tokens as tk
-from .prices import EXTRA_FIELDS, Parts, PriceBook, PriceRow, usd_str
+from .fastcheck import WireEvent, WireUsage, read_line, usage_dict
+from .prices import EXTRA_FIELDS, Parts, PriceBook, PriceRow
 from .windows import RecordAggregate
+
+Event = LLMCallEvent | WireEvent
+"""An event as the per-event path holds it: the schema's model, or the :class:`WireEvent` of a
+line :func:`~.fastcheck.read_line` took (same fields and values, no pydantic object)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +110,7 @@ class FinalTokens:
 class EnrichedCall:
     """An event with final tokens and its cost in picodollars (None: price unknown)."""
 
-    event: LLMCallEvent
+    event: Event
     tokens: FinalTokens
     parts_pico: Parts | None
     """The cost parts (:data:`~.prices.PARTS`); None: the cost is unknown."""
@@ -118,29 +130,32 @@ class EnrichedCall:
         return EnrichedEvent.model_validate_json(self.to_json(keep_text=True))
 
     def to_json(self, keep_text: bool = False) -> bytes:
-        ev = self.event
-        if not keep_text and (ev.prompt_text is not None or ev.response_text is not None):
+        ev = self.event  # a WireEvent has no text: its line is forwarded as it came
+        if (
+            not keep_text
+            and isinstance(ev, LLMCallEvent)
+            and (ev.prompt_text is not None or ev.response_text is not None)
+        ):
             event_json = ev.model_copy(
                 update={"prompt_text": None, "response_text": None}
             ).to_json()
         else:
             event_json = self.raw
         t = self.tokens
-        tok = (
-            f'{{"input_tokens":{t.input_tokens},"output_tokens":{t.output_tokens},'
+        units = "" if t.extra is None else "".join(f'"{k}":{n},' for k, n in t.units().items())
+        head = (
+            f',"tokens":{{"input_tokens":{t.input_tokens},"output_tokens":{t.output_tokens},'
             f'"cache_read_tokens":{t.cache_read_tokens},'
             f'"cache_creation_tokens":{t.cache_creation_tokens},'
-            f'"reasoning_tokens":{t.reasoning_tokens},'
-            + "".join(f'"{k}":{n},' for k, n in t.units().items())
-            + f'"estimated":{"true" if t.estimated else "false"}}}'
+            f'"reasoning_tokens":{t.reasoning_tokens},{units}'
+            f'"estimated":{"true" if t.estimated else "false"}}}'
         )
-        if self.parts_pico is None or self.row is None:
+        p, row = self.parts_pico, self.row
+        if p is None or row is None:
             why = self.unknown_reason
-            tail = (
-                ',"price_unknown_reason":' + json.dumps(why[:256]) if why else ""
-            ) + ',"price_unknown":true,"schema_version":1}'
-            return b'{"event":' + event_json + (',"tokens":' + tok + tail).encode()
-        p = self.parts_pico
+            reason = f',"price_unknown_reason":{json.dumps(why[:256])}' if why else ""
+            tail = f'{head}{reason},"price_unknown":true,"schema_version":1}}'
+            return b'{"event":' + event_json + tail.encode()
         # zero parts other than input and output are left out (the schema's default is 0)
         cost = (
             f'{{"input":"{usd_str(p[0])}",'
@@ -149,20 +164,12 @@ class EnrichedCall:
             + f'"output":"{usd_str(p[3])}",'
             + (f'"reasoning":"{usd_str(p[4])}",' if p[4] else "")
             + (_rare_parts(p) if p[5] or p[6] or p[7] or p[8] else "")
-            + f'"total":"{usd_str(sum(p))}",'
-            + _cost_tail(self.row.source, self.row.version)
         )
-        return (
-            b'{"event":'
-            + event_json
-            + (
-                ',"tokens":'
-                + tok
-                + ',"cost":'
-                + cost
-                + ',"price_unknown":false,"schema_version":1}'
-            ).encode()
+        tail = (
+            f'{head},"cost":{cost}"total":"{usd_str(sum(p))}",{_cost_tail(row.source, row.version)}'
+            ',"price_unknown":false,"schema_version":1}'
         )
+        return b'{"event":' + event_json + tail.encode()
 
 
 def _rare_parts(p: Parts) -> str:
@@ -211,8 +218,12 @@ def duplicate_key(line: bytes) -> str | None:
     return None
 
 
-def _object(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    return pairs
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object's members in order, duplicates kept (a JSON array stays a plain list)."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Pairs:
+    return _Pairs(pairs)
 
 
 def redact(line: bytes, keep_text: bool) -> bytes:
@@ -224,7 +235,7 @@ def redact(line: bytes, keep_text: bool) -> bytes:
         top = json.loads(line, object_pairs_hook=_object)
     except (ValueError, RecursionError):
         top = None
-    if not isinstance(top, list):  # not a JSON object: a bounded prefix before any text key
+    if not isinstance(top, _Pairs):  # not a JSON object: a bounded prefix before any text key
         cut = line.find(b'_text"')
         return line[: min(MAX_DLQ_UNPARSED_BYTES, cut if cut >= 0 else len(line))]
     if not any(k in TEXT_FIELDS for k, _ in top):
@@ -249,7 +260,7 @@ def redact_record(value: bytes, keep_text: bool) -> bytes:
 
 def _plain(v: Any) -> Any:
     """A value parsed with :func:`_object` back to plain JSON types."""
-    if isinstance(v, list) and v and all(isinstance(p, tuple) for p in v):
+    if isinstance(v, _Pairs):  # ``{}`` too (it used to come back as ``[]``)
         return {k: _plain(x) for k, x in v}
     if isinstance(v, list):
         return [_plain(x) for x in v]
@@ -260,7 +271,7 @@ OUTPUTLESS = frozenset({Operation.EMBEDDINGS, Operation.RERANK})
 """Operations that produce no output tokens: a reported input alone is the whole usage."""
 
 
-def _extra(u: Usage) -> tuple[int, ...] | None:
+def _extra(u: Usage | WireUsage) -> tuple[int, ...] | None:
     """The EXTRA_FIELDS counts of ``u`` (None when none is reported: the common call)."""
     if (
         u.cache_write_1h_tokens is None
@@ -277,7 +288,7 @@ def _extra(u: Usage) -> tuple[int, ...] | None:
     return ext if any(ext) else None
 
 
-def final_tokens(ev: LLMCallEvent) -> FinalTokens:
+def final_tokens(ev: Event) -> FinalTokens:
     """Provider-reported counts win; a missing count is estimated (or 0) and flagged.
 
     An embedding or rerank call whose input was reported has 0 output tokens, exactly (it
@@ -345,7 +356,7 @@ class Enricher:
         self.max_future_skew_s = max_future_skew_s
         self.now = now
 
-    def price(self, ev: LLMCallEvent, seconds: float | None = None) -> PriceRow | None:
+    def price(self, ev: Event, seconds: float | None = None) -> PriceRow | None:
         """The price row of the call's model at its time and service tier (None: unknown)."""
         t = ev.timestamp.timestamp() if seconds is None else seconds
         tier = ev.service_tier
@@ -355,7 +366,7 @@ class Enricher:
                 return row
         return self.book.row_at(ev.provider, ev.request_model, t, tier)
 
-    def enrich(self, ev: LLMCallEvent, raw: bytes, t: float | None = None) -> EnrichedCall:
+    def enrich(self, ev: Event, raw: bytes, t: float | None = None) -> EnrichedCall:
         """Final tokens and cost of one call. A ``usage_error`` call is priced as unknown
         (its counts are not the provider's): never an estimate of zero tokens."""
         toks = final_tokens(ev)
@@ -367,7 +378,7 @@ class Enricher:
             return EnrichedCall(ev, toks, None, row, raw, t, f"usage unreadable: {ev.usage_error}")
         parts = row.cost_pico(toks)
         if parts is None:
-            why = f"usage parts exceed the whole: {ev.usage.model_dump(exclude_none=True)}"
+            why = f"usage parts exceed the whole: {usage_dict(ev.usage)}"
             return EnrichedCall(ev, toks, None, row, raw, t, why)
         return EnrichedCall(ev, toks, parts, row, raw, t)
 
@@ -388,22 +399,24 @@ class Enricher:
         for i, line in enumerate(value.split(b"\n")):
             if not line.strip():
                 continue
-            try:
-                ev = validate(line)
-            except ValidationError as exc:
-                res.dead.append(self._dead(line, describe_error(exc), i))
-                continue
-            except ValueError as exc:
-                res.dead.append(self._dead(line, f"undecodable: {exc}", i))
-                continue
+            ev: Event | None = read_line(line)  # the common line; None: pydantic decides
+            null_text = False  # a text key given as null may hide a duplicate
+            if ev is None:
+                try:
+                    ev = model = validate(line)
+                except ValidationError as exc:
+                    res.dead.append(self._dead(line, describe_error(exc), i))
+                    continue
+                except ValueError as exc:
+                    res.dead.append(self._dead(line, f"undecodable: {exc}", i))
+                    continue
+                given = model.__pydantic_fields_set__
+                null_text = ("prompt_text" in given and model.prompt_text is None) or (
+                    "response_text" in given and model.response_text is None
+                )
             t = ev.timestamp.timestamp()
             # rare path only: beyond the skew, or bytes a duplicate text key could hide in
-            given = ev.__pydantic_fields_set__  # a text key given as null may hide a duplicate
-            if (
-                t > latest
-                or ("prompt_text" in given and ev.prompt_text is None)
-                or ("response_text" in given and ev.response_text is None)
-            ) and (why := self._refused(ev, line, t)):
+            if (t > latest or null_text) and (why := self._refused(ev, line, t)):
                 res.dead.append(self._dead(line, why, i))
                 continue
             try:
@@ -416,7 +429,7 @@ class Enricher:
         res.aggregate.add_calls(res.calls)
         return res
 
-    def _refused(self, ev: LLMCallEvent, line: bytes, t: float) -> str | None:
+    def _refused(self, ev: Event, line: bytes, t: float) -> str | None:
         """Why a schema-valid line is still dead-lettered (the rare path), or None."""
         now = self.now()
         if self.max_future_skew_s is not None and t > now + self.max_future_skew_s:

@@ -36,11 +36,13 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..alerts import Alert, minute_dt
+from ..alerts import Alert
+from ..money import pico_to_usd
+from ..scopes import GLOBAL, MINUTE, minute_dt
+from . import state as layout
 from .detector import Org
-from .prices import pico_to_usd
 from .rules import RuleConfig, ScopeRules
-from .windows import MINUTE, Agg, RecordAggregate
+from .windows import Agg, RecordAggregate
 
 State = MutableMapping[str, Any]
 
@@ -62,7 +64,7 @@ def route(snaps: Iterable[Snapshot], partitions: int) -> Iterator[tuple[int, Sna
     ``global:all`` as :data:`ORG_SCOPE` to every partition (the worker and offline alike)."""
     for sn in snaps:
         yield scope_partition(sn.scope, partitions), sn
-        if sn.scope == "global:all":
+        if sn.scope == GLOBAL:
             for q in range(partitions):
                 yield q, Snapshot(sn.partition, ORG_SCOPE, sn.minute, sn.thru, sn.agg)
 
@@ -187,12 +189,13 @@ class Stage1:
         self.clock = clock
         self.dirty: dict[int, set[str]] = {}
         self.late_dropped = 0
+        self.check_version = layout.VersionCheck("stage1", layout.s1_version, state.get, state.put)
 
     def _cap(self) -> float:
         return self.clock() + self.max_skew_s
 
     def watermark(self, p: int) -> float | None:
-        wm = self.t.get(f"{p}|wm")
+        wm = self.t.get(layout.s1_mark(p))
         if wm is None:
             return None
         ts = float(wm["ts"])
@@ -208,7 +211,7 @@ class Stage1:
 
     def next_offset(self, p: int) -> int | None:
         """The raw offset to process next in partition ``p`` (None: no state yet)."""
-        wm = self.t.get(f"{p}|wm")
+        wm = self.t.get(layout.s1_mark(p))
         return None if wm is None else int(wm["thru"]) + 1
 
     def apply(self, p: int, offset: int, rec: RecordAggregate) -> None:
@@ -227,7 +230,8 @@ class Stage1:
         for p, offset, rec in records:
             wm = marks.get(p)
             if wm is None:
-                stored = self.t.get(f"{p}|wm")
+                self.check_version(p)
+                stored = self.t.get(layout.s1_mark(p))
                 wm = (float(stored["ts"]), stored["thru"]) if stored else (0.0, -1)
                 if wm[0] > cap:  # written before the cap existed: unknown, rebuilt from here
                     wm = (0.0, wm[1])
@@ -239,10 +243,10 @@ class Stage1:
             marks[p] = (max(self._candidate(rec, cap), wm[0]), offset)
             for (scope, minute), agg in rec.items():
                 if minute < oldest:
-                    if scope == "global:all":  # every event is in one global key: count once
+                    if scope == GLOBAL:  # every event is in one global key: count once
                         self.late_dropped += agg.calls
                     continue
-                key = f"{p}|{minute}|{scope}"
+                key = layout.s1_window(p, minute, scope)
                 cur = pending.get(key)
                 if cur is None:
                     stored = self.t.get(key)
@@ -259,7 +263,7 @@ class Stage1:
             self.t.put(p, key, {"thru": offset, "agg": agg.to_dict()})
             self.dirty.setdefault(p, set()).add(key)
         for p, (high, offset) in marks.items():
-            self.t.put(p, f"{p}|wm", {"ts": high, "thru": offset})
+            self.t.put(p, layout.s1_mark(p), {"ts": high, "thru": offset})
 
     def snapshots(self, p: int, keys: Iterable[str] | None = None) -> list[Snapshot]:
         """Snapshots of ``keys`` (default: the dirty ones, which are then cleared)."""
@@ -276,8 +280,9 @@ class Stage1:
         return out
 
     def keys_of(self, p: int) -> list[str]:
-        prefix, wm = f"{p}|", f"{p}|wm"
-        return [k for k in list(self.t.keys()) if k.startswith(prefix) and k != wm]
+        """The partition's window keys (not its watermark or version)."""
+        prefix, meta = layout.s1_prefix(p), (layout.s1_mark(p), layout.s1_version(p))
+        return [k for k in list(self.t.keys()) if k.startswith(prefix) and k not in meta]
 
     def prune(self, p: int) -> int:
         """Drop minutes older than the retention behind the partition's watermark."""
@@ -454,6 +459,9 @@ class Stage2:
         self.clock = clock
         self.horizon = max(rules.baseline_minutes, retention_minutes)
         self._index: dict[tuple[int, int], set[str]] = {}
+        self.check_version = layout.VersionCheck(
+            "stage2", layout.s2_version, table.get, lambda _q, key, v: table.__setitem__(key, v)
+        )
         self.visited = 0
         """Scope-minutes closed so far (the work closing did; the tests read it)."""
         self.pruned = 0
@@ -465,9 +473,10 @@ class Stage2:
         by_minute: dict[int, list[Snapshot]] = {}
         for sn in snaps:
             by_minute.setdefault(sn.minute, []).append(sn)
+        self.check_version(q)
         fixes: list[WindowTotal] = []
-        closed = self.t.get(f"c|{q}")
-        mins = list(self.t.get(f"mins|{q}") or [])
+        closed = self.t.get(layout.s2_closed(q))
+        mins = list(self.t.get(layout.s2_minutes(q)) or [])
         for minute, group in sorted(by_minute.items()):
             if closed is not None and minute <= closed - self.retention:
                 continue  # too late (or a resync repeat): the minute is no longer kept
@@ -480,25 +489,25 @@ class Stage2:
                 if sn.scope not in indexed:
                     indexed.add(sn.scope)
                     new.append(sn.scope)
-                key = f"w|{q}|{minute}|{sn.partition}|{sn.scope}"
+                key = layout.s2_window(q, minute, sn.partition, sn.scope)
                 old = self.t.get(key)
                 if old is not None and old["thru"] >= sn.thru:
                     continue
                 self.t[key] = {"thru": sn.thru, "agg": sn.agg}
                 changed.add(sn.scope)
             if new:
-                Names(self.t, f"wi|{q}|{minute}").add(new)
+                Names(self.t, layout.s2_index(q, minute)).add(new)
             if minute not in mins:
                 insort(mins, minute)
-                self.t[f"mins|{q}"] = list(mins)
+                self.t[layout.s2_minutes(q)] = list(mins)
             changed.discard(ORG_SCOPE)  # a late correction of the org level: not a window
             if closed is None or minute > closed:
                 continue
             for scope in sorted(changed):
-                st = self.t.get(f"s|{scope}") or {}
+                st = self.t.get(layout.s2_scope(scope)) or {}
                 rev = dict(st.get("rev", {}))
                 rev[str(minute)] = rev.get(str(minute), 0) + 1
-                self.t[f"s|{scope}"] = {**st, "rev": rev}
+                self.t[layout.s2_scope(scope)] = {**st, "rev": rev}
                 agg = self._total(q, minute, scope)
                 fixes.append(WindowTotal(scope, minute, agg, rev[str(minute)], 0, 0))
         return fixes
@@ -506,7 +515,7 @@ class Stage2:
     def _indexed(self, q: int, minute: int) -> set[str]:
         """The minute's scope index as a set, kept in memory while its size in the state is
         the one this process knows (a restore or another worker's writes reload it)."""
-        names = Names(self.t, f"wi|{q}|{minute}")
+        names = Names(self.t, layout.s2_index(q, minute))
         n = names.count()
         got = self._index.get((q, minute))
         if got is None or len(got) != n:
@@ -517,7 +526,7 @@ class Stage2:
         return self.clock() + self.max_skew_s
 
     def set_watermarks(self, q: int, reports: dict[int, tuple[float | None, bool]]) -> None:
-        key = f"wm|{q}"
+        key = layout.s2_marks(q)
         cur = dict(self.t.get(key) or {})
         cap = self._cap()
         for p, (ts, idle) in reports.items():
@@ -531,7 +540,7 @@ class Stage2:
         """(event time, all idle): the minimum over busy partitions, or the maximum over all
         when every partition is idle; None until every raw partition has reported. A report
         beyond the clock + skew counts as no report (see :class:`Stage1`)."""
-        reps = self.t.get(f"wm|{q}") or {}
+        reps = self.t.get(layout.s2_marks(q)) or {}
         if len(reps) < self.raw_partitions:
             return None
         cap = self._cap()
@@ -546,6 +555,7 @@ class Stage2:
 
     # --- closing ---------------------------------------------------------------------------
     def close(self, q: int) -> CloseResult:
+        self.check_version(q)
         res = CloseResult()
         mark = self.watermark(q)
         if mark is None:
@@ -554,24 +564,24 @@ class Stage2:
         # Busy: a minute closes once the watermark is ``lateness`` past its end. All idle:
         # nothing is in flight, so every minute that has ended in event time closes now.
         close_to = int((wm - (0 if all_idle else self.lateness)) // MINUTE) - 1
-        closed = self.t.get(f"c|{q}")
-        mins: list[int] = list(self.t.get(f"mins|{q}") or [])
+        closed = self.t.get(layout.s2_closed(q))
+        mins: list[int] = list(self.t.get(layout.s2_minutes(q)) or [])
         if closed is None:
             if not mins:
                 return res
             closed = mins[0] - 1
         if close_to <= closed:
             return res
-        acts = Names(self.t, f"act|{q}")
+        acts = Names(self.t, layout.s2_active(q))
         active = set(acts.load())
         states: dict[str, dict[str, Any]] = {}
-        org_state: list[float] | None = self.t.get(f"org|{q}")
+        org_state: list[float] | None = self.t.get(layout.s2_org(q))
         minute = closed + 1
         while minute <= close_to:
             scopes = set(active)
             i = bisect_left(mins, minute)
             if i < len(mins) and mins[i] == minute:
-                scopes.update(Names(self.t, f"wi|{q}|{minute}").load())
+                scopes.update(Names(self.t, layout.s2_index(q, minute)).load())
             if ORG_SCOPE in scopes:
                 scopes.discard(ORG_SCOPE)
                 org_state = self._org_add(q, minute)
@@ -590,27 +600,27 @@ class Stage2:
             rev = st.get("rev")
             if rev:
                 st["rev"] = {m: n for m, n in rev.items() if int(m) >= close_to - self.retention}
-            self.t[f"s|{scope}"] = st
+            self.t[layout.s2_scope(scope)] = st
         if set(acts.load()) != active:
             acts.replace(sorted(active))
-        self.t[f"c|{q}"] = close_to
+        self.t[layout.s2_closed(q)] = close_to
         self._expire(q, mins, close_to, states)
         return res
 
     def _org_add(self, q: int, minute: int) -> list[float]:
         """Fold the minute's ``global:all`` totals into the partition's org EWMA
         ``[minute, n, spend/min, calls/min]`` (empty minutes count as zeros)."""
-        cur = self.t.get(f"org|{q}") or [minute - 1, 0, 0.0, 0.0]
-        agg = self._total(q, minute, ORG_SCOPE)
+        cur = self.t.get(layout.s2_org(q)) or [minute - 1, 0, 0.0, 0.0]
+        spend, calls = self._spend_calls(q, minute, ORG_SCOPE)
         a = max(1.0 / ORG_SPAN, 1.0 / (cur[1] + 1))
         d = (1 - a) ** max(0, minute - 1 - cur[0])
         new = [
             minute,
             min(cur[1] + 1, ORG_SPAN),
-            round(cur[2] * d + a * (agg.spend - cur[2] * d), 3),
-            round(cur[3] * d + a * (agg.calls - cur[3] * d), 6),
+            round(cur[2] * d + a * (spend - cur[2] * d), 3),
+            round(cur[3] * d + a * (calls - cur[3] * d), 6),
         ]
-        self.t[f"org|{q}"] = new
+        self.t[layout.s2_org(q)] = new
         return new
 
     @staticmethod
@@ -633,7 +643,7 @@ class Stage2:
         returns whether its rules must see the next minute too."""
         st = states.get(scope)
         if st is None:
-            st = states[scope] = dict(self.t.get(f"s|{scope}") or {})
+            st = states[scope] = dict(self.t.get(layout.s2_scope(scope)) or {})
         last = st.get("last")
         if last is not None and last < minute - 1:
             res.alerts += self.rules.close_empty(scope, st, last + 1, minute - 1, org)
@@ -656,27 +666,27 @@ class Stage2:
         if gone:
             schedule: dict[int, list[str]] = {}
             for m in gone:
-                names = Names(self.t, f"wi|{q}|{m}")
+                names = Names(self.t, layout.s2_index(q, m))
                 for scope in names.load():
                     for p in range(self.raw_partitions):
-                        self.t.pop(f"w|{q}|{m}|{p}|{scope}", None)
-                    st = states.get(scope) or self.t.get(f"s|{scope}") or {}
+                        self.t.pop(layout.s2_window(q, m, p, scope), None)
+                    st = states.get(scope) or self.t.get(layout.s2_scope(scope)) or {}
                     if st.get("data", m) <= m:  # no calls since: check it for pruning
                         schedule.setdefault(self._prune_due(m), []).append(scope)
                 names.drop()
                 self._index.pop((q, m), None)
-            self.t[f"mins|{q}"] = [m for m in mins if m >= keep_from]
+            self.t[layout.s2_minutes(q)] = [m for m in mins if m >= keep_from]
             self._schedule(q, schedule)
-        due_at: list[int] = list(self.t.get(f"prm|{q}") or [])
+        due_at: list[int] = list(self.t.get(layout.s2_prune_due(q)) or [])
         if not due_at or due_at[0] > close_to:
             return
         again: dict[int, list[str]] = {}
         for d in [d for d in due_at if d <= close_to]:
-            names = Names(self.t, f"pr|{q}|{d}")
+            names = Names(self.t, layout.s2_prune_list(q, d))
             for scope in names.load():
                 self._prune(scope, close_to, again)
             names.drop()
-        self.t[f"prm|{q}"] = [d for d in due_at if d > close_to]
+        self.t[layout.s2_prune_due(q)] = [d for d in due_at if d > close_to]
         self._schedule(q, again)
 
     def _prune_due(self, last_data: int) -> int:
@@ -684,7 +694,7 @@ class Stage2:
         return max(last_data + self.horizon + 1, day_end)
 
     def _prune(self, scope: str, now: int, again: dict[int, list[str]]) -> None:
-        st = self.t.get(f"s|{scope}")
+        st = self.t.get(layout.s2_scope(scope))
         if st is None:
             return
         data = st.get("data")
@@ -693,22 +703,34 @@ class Stage2:
         if scope in self.rules.cfg.budgets or self.rules.needs_every_minute(scope, st):
             again.setdefault(now + self.horizon, []).append(scope)
             return
-        del self.t[f"s|{scope}"]
+        del self.t[layout.s2_scope(scope)]
         self.pruned += 1
 
     def _schedule(self, q: int, schedule: dict[int, list[str]]) -> None:
         if not schedule:
             return
-        due_at = set(self.t.get(f"prm|{q}") or [])
+        due_at = set(self.t.get(layout.s2_prune_due(q)) or [])
         for d, scopes in sorted(schedule.items()):
-            Names(self.t, f"pr|{q}|{d}").add(scopes)
+            Names(self.t, layout.s2_prune_list(q, d)).add(scopes)
             due_at.add(d)
-        self.t[f"prm|{q}"] = sorted(due_at)
+        self.t[layout.s2_prune_due(q)] = sorted(due_at)
+
+    def _spend_calls(self, q: int, minute: int, scope: str) -> tuple[int, int]:
+        """A scope-minute's spend and calls only: the org level needs no more, and building
+        the full :class:`Agg` of ``global:all`` (its model/user/prompt maps from every raw
+        partition) every minute was ~a quarter of closing's time."""
+        spend = calls = 0
+        for p in range(self.raw_partitions):
+            v = self.t.get(layout.s2_window(q, minute, p, scope))
+            if v is not None:
+                spend += int(v["agg"].get("spend", 0))
+                calls += int(v["agg"].get("calls", 0))
+        return spend, calls
 
     def _total(self, q: int, minute: int, scope: str) -> Agg:
         out: Agg | None = None
         for p in range(self.raw_partitions):
-            v = self.t.get(f"w|{q}|{minute}|{p}|{scope}")
+            v = self.t.get(layout.s2_window(q, minute, p, scope))
             if v is None:
                 continue
             if out is None:

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from ..alerts import Alert, Contributor, Rule, Severity, alert_id, minute_dt
+from ..alerts import Alert, Contributor, Rule, Severity, alert_id
+from ..money import pico_to_usd, usd_to_pico
+from ..scopes import GLOBAL, endpoint_service, minute_dt, service_scope
 from .detector import SIG, DetectorConfig, Org, hold, learn, material, seasonal, signals, usd
-from .prices import PICO, pico_to_usd
 from .windows import OTHER, Agg, top_with_other
 
 HIST_KEEP = 5
@@ -146,8 +147,7 @@ def _explain(scope: str, d: dict[str, Any], acc: dict[str, Any]) -> tuple[str, d
     if not parts:
         parts.append(f"spend {_times(acc['sp'] / max(acc['es'], 1.0))} the usual for the time")
     per_min = (acc["sp"] - acc["es"]) / acc["m"]
-    service = scope.removeprefix("endpoint:").split("/", 1)[0]
-    related = [f"service:{service}", "global:all"] + [f"model {m}" for m in new]
+    related = [service_scope(endpoint_service(scope)), GLOBAL] + [f"model {m}" for m in new]
     msg = (
         f"{scope}: {', '.join(parts)}, +{usd(per_min * 60)}/h, ≈ +{usd(per_min * 1440)}/day "
         f"(also raises {', '.join(related)})"
@@ -423,7 +423,7 @@ class ScopeRules:
         for period, key, minutes in (("hourly", "hour", 60), ("daily", "day", 1440)):
             if period not in budgets:
                 continue
-            budget = int(budgets[period] * PICO)
+            budget = usd_to_pico(budgets[period])
             start = minute - minute % minutes
             cur = state.get(key)
             spent = agg.spend + (cur[1] if cur and cur[0] == start else 0)

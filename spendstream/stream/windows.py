@@ -1,8 +1,9 @@
 """Event-time windows: what is aggregated, per scope and minute, and how partials merge.
 
-Scopes: ``endpoint:<service><endpoint>``, ``model:<provider>/<request_model>``,
-``service:<service>``, ``team:<team>`` and ``global:all``. Windows are 1-minute tumbling
-windows keyed by event time (epoch minute); hour and day totals are sums of minutes.
+Scopes (named in :mod:`spendstream.scopes`): ``endpoint:<service>/<endpoint>``,
+``model:<provider>/<request_model>``, ``service:<service>``, ``team:<team>`` and ``global:all``.
+Windows are 1-minute tumbling windows keyed by event time (epoch minute,
+:func:`~spendstream.scopes.minute_of`); hour and day totals are sums of minutes.
 
 Money is integer picodollars (10⁻¹² USD) end to end, so totals are exact. Aggregation happens
 twice: inside one Kafka record (events are first grouped by their few distinct
@@ -28,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..events import Status
+from ..scopes import MINUTE as MINUTE
+from ..scopes import call_scopes, minute_of
 
 if TYPE_CHECKING:
     from .enrich import EnrichedCall
 
-MINUTE = 60
-SCOPE_KINDS = ("endpoint", "model", "service", "team", "global")
 TOP_USERS = 10
 """Users kept per window partial (by spend); contributor lists are approximate beyond that."""
 TOP_NAMES = 20
@@ -54,21 +55,6 @@ def top_with_other(d: dict[str, int], k: int) -> dict[str, int]:
     if rest:
         out[OTHER] = rest
     return out
-
-
-def endpoint_scope(service: str, endpoint: str) -> str:
-    """``endpoint:<service>/<path>``, one name per (service, endpoint).
-
-    The first ``/`` ends the service, so a ``/`` (and the escape character ``%``) inside a
-    service name is percent-encoded: without it ``("a/v1", "/x")`` and ``("a", "/v1/x")``
-    shared a scope — one service's spend and alerts counted as another's. Service names
-    without ``/`` or ``%`` (all the usual ones) read as before. An endpoint without a leading
-    ``/`` is the same endpoint as with one.
-    """
-    if "/" in service or "%" in service:
-        service = service.replace("%", "%25").replace("/", "%2F")
-    sep = "" if endpoint.startswith("/") else "/"
-    return f"endpoint:{service}{sep}{endpoint}"
 
 
 class Agg:
@@ -205,20 +191,14 @@ class RecordAggregate:
             ev, ts = c.event, c.ts
             if ts > max_ts:
                 max_ts = ts
-            sig = (ev.service, ev.endpoint, ev.provider, ev.request_model, ev.team, int(ts // 60))
+            sig = (ev.service, ev.endpoint, ev.provider, ev.request_model, ev.team, minute_of(ts))
             agg = sigs.get(sig)
             if agg is None:
                 agg = sigs[sig] = Agg()
             agg.add_call(c)
         self.max_ts = max_ts
         for (service, endpoint, provider, model, team, minute), agg in sigs.items():
-            for scope in (
-                endpoint_scope(service, endpoint),
-                f"model:{provider}/{model}",
-                f"service:{service}",
-                f"team:{team or '-'}",
-                "global:all",
-            ):
+            for scope in call_scopes(service, endpoint, provider, model, team):
                 key = (scope, minute)
                 cur = self.by_key.get(key)
                 if cur is None:

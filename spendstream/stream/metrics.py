@@ -32,10 +32,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..stream.prices import PICO
+from ..money import PICO, usd_to_pico_rounded
 
 if TYPE_CHECKING:
-    from ..stream.enrich import EnrichedCall
+    from .enrich import EnrichedCall
 
 LABELS = ("service", "endpoint", "provider", "model", "team", "status")
 GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
@@ -159,7 +159,7 @@ class PipelineMetrics(Collector):
             if ev.cache_hit:
                 self.cache_hits[key] = self.cache_hits.get(key, 0) + 1
                 if ev.cache_saved_usd:
-                    saved = int(ev.cache_saved_usd.scaleb(12))
+                    saved = usd_to_pico_rounded(ev.cache_saved_usd)
                     self.cache_saved_pico[key] = self.cache_saved_pico.get(key, 0) + saved
             if t.estimated:
                 self.estimated[key] = self.estimated.get(key, 0) + 1
@@ -186,6 +186,12 @@ class PipelineMetrics(Collector):
 
     # --- scrape -------------------------------------------------------------------------------
     def collect(self) -> Iterator[Any]:
+        """Every family, in the order a scrape shows them: calls, histograms, the process."""
+        yield from self._call_families()
+        yield from self._histograms()
+        yield from self._process_families()
+
+    def _call_families(self) -> Iterator[Any]:
         def counter(name: str, doc: str, data: dict[Key, int], scale: float = 1) -> Any:
             m = CounterMetricFamily(name, doc, labels=LABELS)
             for k, v in sorted(data.items()):
@@ -229,6 +235,8 @@ class PipelineMetrics(Collector):
         for prov, n in sorted(self.usage_unreadable.items()):
             unreadable.add_metric([prov], n)
         yield unreadable
+
+    def _histograms(self) -> Iterator[Any]:
         for name, doc, data in (
             ("spendstream_llm_latency_seconds", "Call latency", self.latency),
             ("spendstream_llm_time_to_first_token_seconds", "Time to first token", self.ttft),
@@ -254,22 +262,29 @@ class PipelineMetrics(Collector):
         for k, hist in sorted(self.genai_duration.items()):
             gd.add_metric(list(k), hist.cumulative(DURATION_BUCKETS), hist.sum)
         yield gd
-        dl = CounterMetricFamily(
-            "spendstream_dead_letters", "Raw lines and records sent to the dead-letter topic"
-        )
-        dl.add_metric([], self.dead_letters)
-        yield dl
-        late = CounterMetricFamily(
-            "spendstream_late_events_dropped", "Events older than the window retention"
-        )
-        late.add_metric([], self.late_dropped)
-        yield late
-        skew = CounterMetricFamily(
-            "spendstream_events_future_skewed",
-            "Events dead-lettered for a timestamp over max_future_skew_s ahead of the worker clock",
-        )
-        skew.add_metric([], self.future_skewed)
-        yield skew
+
+    def _process_families(self) -> Iterator[Any]:
+        for name, doc, value in (
+            (
+                "spendstream_dead_letters",
+                "Raw lines and records sent to the dead-letter topic",
+                self.dead_letters,
+            ),
+            (
+                "spendstream_late_events_dropped",
+                "Events older than the window retention",
+                self.late_dropped,
+            ),
+            (
+                "spendstream_events_future_skewed",
+                "Events dead-lettered for a timestamp over max_future_skew_s ahead of the "
+                "worker clock",
+                self.future_skewed,
+            ),
+        ):
+            m = CounterMetricFamily(name, doc)
+            m.add_metric([], value)
+            yield m
         over = CounterMetricFamily(
             "spendstream_metric_labels_overflow",
             "Calls counted under label value 'other' because the family's label-set cap was hit",

@@ -1,0 +1,349 @@
+"""The stream worker's core: what the Faust agents do, without Faust.
+
+``app.py`` wires Faust (app, topics, tables, two agents and a timer) and each agent step calls
+one method here; the Kafka operations the core needs (seek, probe a partition, the group's
+committed offsets, the end offsets the fetcher saw) come in through :class:`Broker`, as
+:class:`OffsetGuard` takes its seek and probe. So the worker's policies — counting replayed
+records once, dead letters, idle partitions, the periodic resync, lag, re-reading records that
+were acked without being applied, the order of stage-2 outputs and state — are unit-tested on
+dicts with a fake clock (``tests/test_worker_core.py``) instead of only on the stack. (They
+used to be closures over one-element lists inside a 317-line ``build_app``.)
+
+Per agent step:
+
+- ``stage1`` batch → :meth:`Worker.apply_batch` → dead letters and enriched records to send;
+  Faust acks the batch's offsets once the agent body has run, so the messages are handed to
+  the producer first.
+- timer → :meth:`Worker.tick` → the partials messages and the seeks to perform. Synchronous on
+  purpose: snapshots, watermarks and idle flags describe one applied state (a batch in flight
+  is in none of them).
+- ``stage2`` message → :meth:`Worker.apply_partials` → window totals and alerts to send; the
+  agent waits until the broker has acknowledged them, then :meth:`Worker.commit_partials`
+  writes the state that implies them (outputs before state: a crash in between repeats the
+  outputs, which are idempotent, and never loses them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..config import Settings
+from ..wire import check_headers, dlq_headers
+from . import partials
+from . import state as layout
+from .enrich import EnrichedCall, Enricher, RecordResult, redact_record
+from .offsets import OffsetGuard
+from .pipeline import Snapshot, Stage1, Stage2, WindowTotal, WriteBuffer, route
+from .windows import RecordAggregate
+
+log = logging.getLogger("spendstream.worker")
+
+SKEW_REASON = "ahead of the worker clock"
+"""In the dead-letter reason of an event dated beyond ``max_future_skew_s`` (enrich.py)."""
+ENRICHED_HEADERS = {"spendstream-wire": b"jsonl/1", "content-type": b"application/x-enriched"}
+PRUNE_EVERY_BATCHES = 200
+REREAD_AFTER_S = 2.0
+"""How long a partition's applied state must stand still, with the group's committed offset
+past it, before its unapplied records are re-read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record to produce: ``topic`` is the role (``enriched``, ``dlq``, ``partials``,
+    ``windows``, ``alerts``), mapped to a topic name by the adapter."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Any = None
+    partition: int | None = None
+
+
+class Broker(Protocol):
+    """The Kafka operations of the worker's consumer, injected by the adapter."""
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None: ...
+    async def probe(self, topic: str, partition: int, offset: int) -> int | None: ...
+    def committed(self, topic: str, partition: int) -> int | None: ...
+    def highwater(self, topic: str, partition: int) -> int | None: ...
+
+
+class MetricsSink(Protocol):
+    """What the worker tells its Prometheus collector (once per batch, never per event)."""
+
+    dead_letters: int
+    late_dropped: int
+    future_skewed: int
+
+    def add_calls(self, calls: Iterable[EnrichedCall]) -> None: ...
+
+
+@dataclass(slots=True)
+class Counters:
+    """This process's counters (the periodic log line; the metrics collector's totals)."""
+
+    records: int = 0
+    events: int = 0
+    dead: int = 0
+    price_unknown: int = 0
+    late_dropped: int = 0
+    future_skewed: int = 0
+    windows_closed: int = 0
+    alerts: int = 0
+    batches: int = 0
+
+
+@dataclass(slots=True)
+class TickOut:
+    messages: list[Message] = field(default_factory=list)
+    seeks: list[tuple[int, int]] = field(default_factory=list)
+    """(raw partition, offset) to re-read from."""
+
+
+@dataclass(slots=True)
+class PartialsOut:
+    messages: list[Message] = field(default_factory=list)
+    windows: list[WindowTotal] = field(default_factory=list)
+    """Closed windows (the live-spend writer's input)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One stage-1 batch in progress."""
+
+    applied: list[tuple[int, int, RecordAggregate]] = field(default_factory=list)
+    nxt: dict[int, int | None] = field(default_factory=dict)
+    calls: list[EnrichedCall] = field(default_factory=list)
+    out: list[Message] = field(default_factory=list)
+
+
+class Worker:
+    """Stage 1, the tick and stage 2 of one worker process (see the module docstring)."""
+
+    def __init__(
+        self,
+        s: Settings,
+        stage1: Stage1,
+        stage2: Stage2,
+        t2: WriteBuffer,
+        enricher: Enricher,
+        broker: Broker,
+        metrics: MetricsSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.s = s
+        self.stage1 = stage1
+        self.stage2 = stage2
+        self.t2 = t2
+        self.enricher = enricher
+        self.broker = broker
+        self.metrics = metrics
+        self.clock = clock
+        self.guard = OffsetGuard(broker.seek, broker.probe)
+        self.counters = Counters()
+        self.lag: dict[int, int] = {}
+        """Raw partition → records not yet applied (end offset − next offset)."""
+        self._end_seen: dict[int, tuple[int, float]] = {}
+        self._stalled: dict[int, tuple[int, float]] = {}
+        self._known: set[int] = set()
+        self._last_resync = clock()
+        self._last_log = float("-inf")
+
+    # --- stage 1 -----------------------------------------------------------------------------
+    async def apply_batch(self, records: Sequence[Record]) -> list[Message]:
+        """Validate, enrich and aggregate a batch of raw records; returns the dead letters and
+        enriched records to send. Table keys are written once per batch."""
+        b = _Batch()
+        for r in records:
+            p = r.partition
+            expected = b.nxt[p] if p in b.nxt else self.stage1.next_offset(p)
+            if not await self.guard.admit(self.s.topic_raw, p, r.offset, expected):
+                b.nxt[p] = expected
+                continue
+            # a record before ``expected`` was applied (and counted) before a rebalance or
+            # restart: its calls are re-sent downstream (sinks drop repeats by event_id) but
+            # not counted again, or every rebalance would inflate the Prometheus counters
+            fresh = expected is None or r.offset >= expected
+            b.nxt[p] = max(r.offset + 1, expected or 0)
+            self.counters.records += 1
+            self._apply_record(b, r, fresh)
+        self.stage1.apply_batch(b.applied)
+        self._after_batch(b)
+        return b.out
+
+    def _apply_record(self, b: _Batch, r: Record, fresh: bool) -> None:
+        c, s = self.counters, self.s
+        bad_header = check_headers(r.headers)
+        if bad_header is not None:
+            value = redact_record(r.value or b"", s.keep_text)
+            headers = dlq_headers(s.topic_raw, r.partition, r.offset, None, bad_header)
+            b.out.append(Message("dlq", r.key, value, headers))
+            c.dead += int(fresh)
+            b.applied.append((r.partition, r.offset, RecordAggregate()))  # handled: offset done
+            return
+        res: RecordResult = self.enricher.process(r.value)
+        for d in res.dead:
+            headers = dlq_headers(s.topic_raw, r.partition, r.offset, d.line, d.reason)
+            b.out.append(Message("dlq", r.key, d.raw, headers))
+        if fresh:
+            c.dead += len(res.dead)
+            c.future_skewed += sum(1 for d in res.dead if SKEW_REASON in d.reason)
+            b.calls.extend(res.calls)
+            c.events += len(res.calls)
+            c.price_unknown += sum(1 for call in res.calls if call.parts_pico is None)
+        if res.calls:
+            value = b"\n".join(call.to_json(s.keep_text) for call in res.calls)
+            b.out.append(Message("enriched", r.key, value, ENRICHED_HEADERS))
+        b.applied.append((r.partition, r.offset, res.aggregate))
+
+    def _after_batch(self, b: _Batch) -> None:
+        c = self.counters
+        c.late_dropped = self.stage1.late_dropped
+        if self.metrics is not None:
+            self.metrics.add_calls(b.calls)
+            self.metrics.dead_letters = c.dead
+            self.metrics.late_dropped = c.late_dropped
+            self.metrics.future_skewed = c.future_skewed
+        c.batches += 1
+        if c.batches % PRUNE_EVERY_BATCHES == 0:
+            for p in {p for p, _, _ in b.applied}:
+                self.stage1.prune(p)
+
+    # --- the tick ----------------------------------------------------------------------------
+    def tick(self, assigned: set[int]) -> TickOut:
+        """The partials of every owned raw partition (changed snapshots; all of them for a
+        partition newly owned or at the periodic resync) with its watermark and idle flag,
+        and the seeks of partitions whose acked records were never applied."""
+        out = TickOut()
+        if not assigned:
+            self._known.clear()
+            return out
+        now = self.clock()
+        resync = now - self._last_resync >= self.s.resync_interval_s
+        if resync:
+            self._last_resync = now
+        by_q: dict[int, list[Snapshot]] = defaultdict(list)
+        reports: dict[int, partials.Report] = {}
+        for p in sorted(assigned):
+            for q, sn in route(self._snapshots(p, resync), self.s.stage2_partitions):
+                by_q[q].append(sn)
+            hw = self.broker.highwater(self.s.topic_raw, p)
+            reports[p] = (self.stage1.watermark(p), self._idle(p, hw, now))
+            if hw is not None:
+                self.lag[p] = max(0, hw - (self.stage1.next_offset(p) or 0))
+        for p in [p for p in self.lag if p not in assigned]:
+            del self.lag[p]
+        self._known = set(assigned)
+        self._log(now, reports)
+        for q in range(self.s.stage2_partitions):
+            for body in partials.encode(by_q.get(q, []), reports):
+                out.messages.append(Message("partials", None, body, partition=q))
+        out.seeks = [(p, o) for p in sorted(assigned) if (o := self._reread_at(p, now)) is not None]
+        return out
+
+    def _snapshots(self, p: int, resync: bool) -> list[Snapshot]:
+        if p not in self._known or resync:
+            # newly owned (restored from the changelog) or periodic: publish everything
+            keys = self.stage1.keys_of(p)
+            self.stage1.dirty.pop(p, None)
+            return self.stage1.snapshots(p, keys)
+        return self.stage1.snapshots(p)
+
+    def _idle(self, p: int, hw: int | None, now: float) -> bool:
+        """Nothing new arrived in the partition for idle_timeout_s (its end offset did not
+        move) and every record in it is applied. Judged on the broker's end offsets and the
+        applied state, so a stalled worker never takes a busy partition for an idle one."""
+        if hw is None:
+            return False
+        seen = self._end_seen.get(p)
+        if seen is None or seen[0] != hw:
+            self._end_seen[p] = (hw, now)
+            return False
+        if now - seen[1] < self.s.idle_timeout_s:
+            return False
+        nxt = self.stage1.next_offset(p)
+        if nxt is not None:
+            return nxt >= hw
+        return hw <= (self.broker.committed(self.s.topic_raw, p) or 0)
+
+    def _reread_at(self, p: int, now: float) -> int | None:
+        """The group's committed offset is past the state's next offset and the state has
+        not moved for a while: records were acked without being applied (Faust's gap acks,
+        then a restart) and no newer record arrives to show it. Re-read them."""
+        nxt = self.stage1.next_offset(p)
+        committed = self.broker.committed(self.s.topic_raw, p)
+        if nxt is None or committed is None or committed <= nxt:
+            self._stalled.pop(p, None)
+            return None
+        seen = self._stalled.get(p)
+        if seen is None or seen[0] != nxt:
+            self._stalled[p] = (nxt, now)
+            return None
+        if now - seen[1] < REREAD_AFTER_S:
+            return None
+        self._stalled[p] = (nxt, now)
+        log.warning(
+            "%s[%d]: committed offset %d is past the applied state (next %d); re-reading",
+            self.s.topic_raw, p, committed, nxt,
+        )  # fmt: skip
+        return nxt
+
+    def _log(self, now: float, reports: dict[int, partials.Report]) -> None:
+        if now - self._last_log < 10:
+            return
+        self._last_log = now
+        c = self.counters
+        log.info(
+            "worker: records=%d events=%d dead=%d late_dropped=%d windows=%d alerts=%d "
+            "watermarks=%s",
+            c.records, c.events, c.dead, c.late_dropped, c.windows_closed, c.alerts, reports,
+        )  # fmt: skip
+
+    # --- stage 2 -----------------------------------------------------------------------------
+    async def apply_partials(self, q: int, offset: int, value: bytes) -> PartialsOut | None:
+        """Apply one partials message to stage-2 partition ``q`` and close what its
+        watermarks allow; None when the message was applied before (nothing to send)."""
+        done = self.t2.get(layout.s2_applied(q))
+        expected = None if done is None else done + 1
+        if not await self.guard.admit(self.s.topic_partials, q, offset, expected):
+            return None
+        if done is not None and offset <= done:
+            return None  # applied and its outputs delivered before a restart
+        snaps, reports = partials.decode(value)
+        out = PartialsOut()
+        for fix in self.stage2.apply_snapshots(q, snaps):
+            out.messages.append(_window_message(fix))
+        self.stage2.set_watermarks(q, reports)
+        res = self.stage2.close(q)
+        out.messages += [_window_message(w) for w in res.windows]
+        out.messages += [Message("alerts", a.scope.encode(), a.to_json()) for a in res.alerts]
+        out.windows = res.windows
+        self.counters.windows_closed += len(res.windows)
+        self.counters.alerts += len(res.alerts)
+        return out
+
+    def commit_partials(self, q: int, offset: int) -> None:
+        """Write the state of an applied partials message (after its outputs are acked)."""
+        self.t2[layout.s2_applied(q)] = offset
+        self.t2.commit()
+
+
+def _window_message(w: WindowTotal) -> Message:
+    return Message("windows", w.key.encode(), json.dumps(w.to_dict()).encode())

@@ -1,0 +1,240 @@
+"""The worker core without Faust or a broker: stage-1 batches, the tick (resync, idle, lag,
+re-reads) and stage 2's outputs-before-state, on dicts with a fake clock and a fake broker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from spendstream.config import Settings
+from spendstream.events import example_event
+from spendstream.stream import partials
+from spendstream.stream.enrich import Enricher
+from spendstream.stream.pipeline import DictState, Stage1, Stage2, WriteBuffer
+from spendstream.stream.rules import RuleConfig
+from spendstream.stream.worker import Record, Worker
+
+RAW, Q = 2, 2
+
+
+@dataclass
+class FakeBroker:
+    """End offsets and committed offsets set by the test; seeks recorded."""
+
+    ends: dict[int, int] = field(default_factory=dict)
+    commits: dict[int, int] = field(default_factory=dict)
+    seeks: list[tuple[str, int, int]] = field(default_factory=list)
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.seeks.append((topic, partition, offset))
+
+    async def probe(self, topic: str, partition: int, offset: int) -> int | None:
+        return offset
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        return self.commits.get(partition)
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        return self.ends.get(partition)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(**kw: Any) -> tuple[Worker, FakeBroker, Clock, dict[str, Any]]:
+    s = Settings(
+        _env_file=None, raw_partitions=RAW, stage2_partitions=Q, idle_timeout_s=5,
+        resync_interval_s=30, **kw,
+    )  # fmt: skip
+    t2: dict[str, Any] = {}
+    buf = WriteBuffer(t2)
+    broker, clock = FakeBroker(), Clock()
+    core = Worker(
+        s,
+        Stage1(DictState(), s.window_retention_minutes),
+        Stage2(buf, RuleConfig(), RAW, s.allowed_lateness_s, 15),
+        buf,
+        Enricher(),
+        broker,
+        clock=clock,
+    )
+    return core, broker, clock, t2
+
+
+def line(**kw: Any) -> bytes:
+    return example_event(event_id=str(uuid.uuid4()), **kw).to_json()
+
+
+def record(p: int, offset: int, *lines: bytes, headers: Any = None) -> Record:
+    return Record(p, offset, b"k", b"\n".join(lines), headers)
+
+
+async def test_a_batch_sends_enriched_calls_and_dead_letters_and_counts_each_once() -> None:
+    core, *_ = make()
+    batch = [record(0, 0, line(), b"{not json"), record(1, 0, line(), line())]
+    out = await core.apply_batch(batch)
+    assert [m.topic for m in out] == ["dlq", "enriched", "enriched"]
+    assert out[0].value.startswith(b"{not json")
+    assert len(out[2].value.split(b"\n")) == 2
+    assert (core.counters.records, core.counters.events, core.counters.dead) == (2, 3, 1)
+    assert core.stage1.next_offset(0) == 1 and core.stage1.next_offset(1) == 1
+    # the same records again (a rebalance re-delivers them): re-sent, never re-counted
+    again = await core.apply_batch(batch)
+    assert [m.topic for m in again] == ["dlq", "enriched", "enriched"]
+    assert (core.counters.events, core.counters.dead) == (3, 1)
+
+
+async def test_a_record_with_a_bad_wire_header_is_dead_lettered_whole_and_its_offset_done() -> None:
+    core, *_ = make()
+    out = await core.apply_batch([record(0, 0, line(), headers=[("spendstream-wire", b"v9")])])
+    assert [m.topic for m in out] == ["dlq"]
+    assert core.stage1.next_offset(0) == 1 and core.counters.events == 0
+
+
+async def test_a_record_past_the_expected_offset_is_skipped_and_the_partition_re_read() -> None:
+    core, broker, *_ = make()
+    await core.apply_batch([record(0, 0, line())])
+    out = await core.apply_batch([record(0, 5, line())])
+    assert out == [] and core.stage1.next_offset(0) == 1
+    assert broker.seeks == [(core.s.topic_raw, 0, 1)]
+
+
+async def test_the_tick_publishes_everything_when_newly_owned_then_changes_then_all_at_resync() -> (
+    None
+):
+    core, _, clock, _ = make()
+    await core.apply_batch([record(0, 0, line()), record(1, 0, line(service="billing"))])
+    first = snaps_of(core.tick({0, 1}))
+    assert first and {p for p, *_ in first} == {0, 1}
+    assert snaps_of(core.tick({0, 1})) == []  # nothing changed
+    await core.apply_batch([record(0, 1, line(service="search"))])
+    changed = snaps_of(core.tick({0, 1}))
+    assert changed and {p for p, *_ in changed} == {0}
+    clock.t += 31  # resync: everything again, though nothing changed
+    every = {(p, scope, minute) for p, scope, minute, *_ in first + changed}
+    assert {(p, scope, minute) for p, scope, minute, *_ in snaps_of(core.tick({0, 1}))} == every
+    assert snaps_of(core.tick({0, 1})) == []
+
+
+def snaps_of(tick: Any) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for m in tick.messages:
+        out += json.loads(m.value)["snaps"]
+    return out
+
+
+def reports_of(tick: Any) -> dict[str, list[Any]]:
+    return dict(json.loads(tick.messages[-1].value)["wm"])
+
+
+async def test_every_stage2_partition_gets_the_watermarks_in_its_last_message() -> None:
+    core, *_ = make()
+    await core.apply_batch([record(0, 0, line())])
+    tick = core.tick({0, 1})
+    assert sorted(m.partition for m in tick.messages) == list(range(Q))
+    for m in tick.messages:
+        assert set(json.loads(m.value)["wm"]) == {"0", "1"}
+
+
+async def test_a_partition_is_idle_only_after_its_end_offset_stood_still_and_all_is_applied() -> (
+    None
+):
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends = {0: 1, 1: 3}
+    assert reports_of(core.tick({0, 1}))["0"][1] is False  # end offset just seen
+    clock.t += 4
+    assert reports_of(core.tick({0, 1}))["0"][1] is False  # not idle_timeout_s yet
+    clock.t += 2
+    rep = reports_of(core.tick({0, 1}))
+    assert rep["0"][1] is True
+    assert rep["1"][1] is False  # records 0..2 of partition 1 not applied: busy, not idle
+    assert core.lag == {0: 0, 1: 3}
+    broker.ends[0] = 2  # a new record arrived
+    assert reports_of(core.tick({0, 1}))["0"][1] is False
+
+
+async def test_lag_forgets_partitions_no_longer_owned() -> None:
+    core, broker, *_ = make()
+    broker.ends = {0: 4, 1: 2}
+    core.tick({0, 1})
+    assert core.lag == {0: 4, 1: 2}
+    core.tick({1})
+    assert core.lag == {1: 2}
+
+
+async def test_acked_but_unapplied_records_are_re_read_once_the_state_stands_still() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.commits = {0: 7}  # Faust acked offsets 1..6 without the agent applying them
+    assert core.tick({0}).seeks == []
+    clock.t += 1
+    assert core.tick({0}).seeks == []
+    clock.t += 1.5
+    assert core.tick({0}).seeks == [(0, 1)]
+    assert core.tick({0}).seeks == []  # not again at once
+    broker.commits = {0: 1}
+    clock.t += 5
+    assert core.tick({0}).seeks == []
+
+
+def partials_body(minute: int, agg: dict[str, Any], wm: float) -> bytes:
+    from spendstream.stream.pipeline import Snapshot
+
+    snaps = [Snapshot(p, "endpoint:a", minute, 0, agg) for p in range(RAW)]
+    return partials.encode(snaps, {p: (wm, False) for p in range(RAW)})[-1]
+
+
+async def test_stage2_outputs_come_before_the_state_that_implies_them() -> None:
+    core, _, _, table = make(allowed_lateness_s=0)
+    agg = {"calls": 1, "spend": 5}
+    minute = 29_000_000
+    out = await core.apply_partials(0, 0, partials_body(minute, agg, (minute + 2) * 60.0))
+    assert out is not None
+    windows = [m for m in out.messages if m.topic == "windows"]
+    assert [json.loads(m.value)["scope"] for m in windows] == ["endpoint:a"]
+    assert json.loads(windows[0].value)["calls"] == 2  # both raw partitions' snapshots
+    assert "o|0" not in table and "c|0" not in table  # nothing written before delivery
+    core.commit_partials(0, 0)
+    assert table["o|0"] == 0 and table["c|0"] >= minute
+    # the same message again (a restart before Faust's commit): applied already, nothing sent
+    assert await core.apply_partials(0, 0, partials_body(minute, agg, (minute + 2) * 60.0)) is None
+
+
+async def test_a_revision_of_a_closed_minute_republishes_its_window() -> None:
+    core, *_ = make(allowed_lateness_s=0)
+    minute = 29_000_000
+    await core.apply_partials(0, 0, partials_body(minute, {"calls": 1}, (minute + 2) * 60.0))
+    core.commit_partials(0, 0)
+    from spendstream.stream.pipeline import Snapshot
+
+    late = partials.encode([Snapshot(0, "endpoint:a", minute, 1, {"calls": 3})], {})[-1]
+    out = await core.apply_partials(0, 1, late)
+    assert out is not None
+    (fix,) = [json.loads(m.value) for m in out.messages if m.topic == "windows"]
+    assert (fix["calls"], fix["revision"]) == (4, 1)
+
+
+def test_partials_round_trip_and_messages_stay_under_the_size_cap() -> None:
+    from spendstream.stream.pipeline import Snapshot
+
+    snaps = [
+        Snapshot(0, f"prompt:{i:05}", 1, i, {"calls": i, "pad": "x" * 300}) for i in range(3000)
+    ]
+    bodies = partials.encode(snaps, {0: (60.0, True)})
+    assert len(bodies) > 1 and all(len(b) <= partials.MAX_PARTIALS_BYTES + 400 for b in bodies)
+    got: list[Snapshot] = []
+    reports: dict[int, Any] = {}
+    for b in bodies:
+        s, r = partials.decode(b)
+        got += s
+        reports.update(r)
+    assert got == snaps and reports == {0: (60.0, True)}
+    assert all(partials.decode(b)[1] == {} for b in bodies[:-1])
