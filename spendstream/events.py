@@ -77,7 +77,9 @@ LongText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
 Money = Annotated[Decimal, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
 
-_TAG_KEY = re.compile(rf"^[A-Za-z0-9_.:/-]{{1,{MAX_TAG_KEY_CHARS}}}$")
+_TAG_KEY = re.compile(rf"[A-Za-z0-9_.:/-]{{1,{MAX_TAG_KEY_CHARS}}}\Z")
+r"""Matched from the start; ``\Z``, not ``$``: Python's ``$`` also matches before a final
+newline, so ``"region\n"`` passed and put a control character in a stored tag key."""
 
 
 class Operation(StrEnum):

@@ -102,6 +102,7 @@ def test_timestamp_with_offset_is_normalised_to_utc() -> None:
         ({"routing_reason": "a\x9bb"}, "routing_reason"),  # C1 CSI
         ({"tags": {"k": "v\x00"}}, "tags"),
         ({"tags": {"k": "v\x1b]8;;http://x\x07"}}, "tags"),
+        ({"tags": {"region\n": "eu"}}, "tags"),  # Python's $ matched before a final newline
         ({"team": "t\x7f"}, "team"),
         ({"status": "error", "error_type": "E\x00"}, "error_type"),
         ({"cache_hit": True, "cache_kind": "exact", "cache_saved_usd": "1e18"}, "cache_saved_usd"),
