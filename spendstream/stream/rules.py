@@ -48,34 +48,11 @@ MODEL_BASE_KEEP = 40
 
 
 @dataclass(frozen=True, slots=True)
-class RuleConfig:
-    evidence: float = 12.0
-    ratio: float = 2.5
-    error_ratio: float = 3.0
-    baseline_minutes: int = 30
-    min_baseline_minutes: int = 15
-    season_days: float = 3.0
-    resolve_minutes: int = 3
-    cooldown_minutes: int = 10
-    material_share: float = 0.02
-    material_usd_per_day: Decimal = Decimal("0")
+class RuleConfig(DetectorConfig):
+    """The detector's settings plus the budgets: one set of fields, not a copy kept in step."""
+
     budgets: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     """``{"team:finance": {"hourly": Decimal("5"), "daily": Decimal("80")}}``."""
-
-    @property
-    def detector(self) -> DetectorConfig:
-        return DetectorConfig(
-            evidence=self.evidence,
-            ratio=self.ratio,
-            error_ratio=self.error_ratio,
-            baseline_minutes=self.baseline_minutes,
-            min_baseline_minutes=self.min_baseline_minutes,
-            season_days=self.season_days,
-            resolve_minutes=self.resolve_minutes,
-            cooldown_minutes=self.cooldown_minutes,
-            material_share=self.material_share,
-            material_usd_per_day=self.material_usd_per_day,
-        )
 
 
 def _contributors(agg: Agg) -> dict[str, list[Contributor]]:
@@ -167,7 +144,7 @@ class ScopeRules:
 
     def __init__(self, cfg: RuleConfig) -> None:
         self.cfg = cfg
-        self.dcfg = cfg.detector
+        self.dcfg: DetectorConfig = cfg
 
     def close_minute(
         self, scope: str, state: dict[str, Any], minute: int, agg: Agg, org: Org | None = None
