@@ -82,6 +82,21 @@ r"""Matched from the start; ``\Z``, not ``$``: Python's ``$`` also matches befor
 newline, so ``"region\n"`` passed and put a control character in a stored tag key."""
 
 
+UNIT_PARTS: Final = (
+    ("cache_write_1h_tokens", "cache_creation_tokens"),
+    ("input_audio_tokens", "input_tokens"),
+    ("cache_audio_read_tokens", "cache_read_tokens"),
+    ("cache_audio_read_tokens", "input_audio_tokens"),
+    ("cache_image_read_tokens", "cache_read_tokens"),
+    ("cache_image_read_tokens", "input_image_tokens"),
+    ("output_audio_tokens", "output_tokens"),
+    ("input_image_tokens", "input_tokens"),
+    ("output_image_tokens", "output_tokens"),
+)
+"""(part, whole): each priced usage unit lies within the count it is a part of (``Usage``; the
+stream's fast reader checks the same pairs)."""
+
+
 class Operation(StrEnum):
     """OTel ``gen_ai.operation.name`` values plus the ones our producers see."""
 
@@ -169,17 +184,7 @@ class Usage(_Strict):
 
     @model_validator(mode="after")
     def _units_within_counts(self) -> Self:
-        for part, whole in (
-            ("cache_write_1h_tokens", "cache_creation_tokens"),
-            ("input_audio_tokens", "input_tokens"),
-            ("cache_audio_read_tokens", "cache_read_tokens"),
-            ("cache_audio_read_tokens", "input_audio_tokens"),
-            ("cache_image_read_tokens", "cache_read_tokens"),
-            ("cache_image_read_tokens", "input_image_tokens"),
-            ("output_audio_tokens", "output_tokens"),
-            ("input_image_tokens", "input_tokens"),
-            ("output_image_tokens", "output_tokens"),
-        ):
+        for part, whole in UNIT_PARTS:
             p, w = getattr(self, part), getattr(self, whole)
             if p is not None and w is not None and p > w:
                 raise ValueError(f"{part} ({p}) exceed {whole} ({w}); it is a part of it")

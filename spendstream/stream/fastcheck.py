@@ -51,6 +51,7 @@ from ..events import (
     MAX_TOKENS,
     MAX_USD,
     MIN_TIMESTAMP,
+    UNIT_PARTS,
     CacheKind,
     LLMCallEvent,
     Operation,
@@ -150,18 +151,6 @@ _TIMESTAMP: Final = re.compile(
 """The timestamps taken here (fullmatch); ``datetime.fromisoformat`` then checks the calendar."""
 _PROVIDER: Final = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _MONEY: Final = re.compile(r"[0-9]{1,7}(?:\.[0-9]{1,30})?")
-_PARTS: Final = (
-    ("cache_write_1h_tokens", "cache_creation_tokens"),
-    ("input_audio_tokens", "input_tokens"),
-    ("cache_audio_read_tokens", "cache_read_tokens"),
-    ("cache_audio_read_tokens", "input_audio_tokens"),
-    ("cache_image_read_tokens", "cache_read_tokens"),
-    ("cache_image_read_tokens", "input_image_tokens"),
-    ("output_audio_tokens", "output_tokens"),
-    ("input_image_tokens", "input_tokens"),
-    ("output_image_tokens", "output_tokens"),
-)
-"""``Usage._units_within_counts``: each priced unit within the count it is a part of."""
 _NAMED: Final = (
     "service",
     "endpoint",
@@ -242,7 +231,7 @@ def _usage_ok(u: WireUsage) -> bool:
         and u.cache_image_read_tokens is None
     ):
         return True
-    for part, whole in _PARTS:
+    for part, whole in UNIT_PARTS:  # Usage._units_within_counts
         p, q = getattr(u, part), getattr(u, whole)
         if p is not None and q is not None and p > q:
             return False
