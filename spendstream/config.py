@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     alert_relay_retry_max_s: float = Field(30.0, gt=0)
     budgets: dict[str, dict[str, Decimal]] = Field(default_factory=dict)
     """JSON: ``{"team:finance": {"hourly": "5", "daily": "80"}}`` (scope → USD budgets)."""
+    budget_tz: str = "UTC"
+    """IANA time zone of the budget guard's hour/day/month periods (``monthly`` is guard-only)."""
+    budget_redis_down: Literal["fail_open", "fail_closed"] = "fail_open"
+    """Budget guard with Redis unreachable: let calls through unreserved, or refuse them."""
+    budget_reservation_ttl_s: float = Field(300.0, gt=0)
+    """A reservation not settled this long (its caller died) returns its estimate."""
 
     # --- stores ------------------------------------------------------------------------------
     postgres_dsn: str = Field("", repr=False)

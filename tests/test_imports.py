@@ -36,6 +36,7 @@ CORE = {
     "spendstream.alerts",
     "spendstream.topics",
     "spendstream.livespend",
+    "spendstream.budget",
     "spendstream.stream.prices",
     "spendstream.cache.embedders",
 }

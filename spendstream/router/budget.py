@@ -6,6 +6,11 @@ snapshot. ``refresh()`` fetches every scope seen so far in one ``MGET`` (via
 seconds. A scope the router has not seen yet reads as no spend until the next refresh; Redis
 down keeps the last snapshot (logged), which fails open — budgets are a guard rail, the
 PostgreSQL books are the record.
+
+With a :class:`~spendstream.budget.BudgetGuard` (``BudgetView(url, guard=guard)``), the scopes
+the guard limits are read from its counters instead — settled plus in-flight reservations, in
+real time and in the guard's time zone — so the router's downgrade/refuse policy sees the same
+spend the guard enforces; other scopes still read live spend.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from ..budget import BudgetGuard
 from ..livespend import LiveSpend
 
 log = logging.getLogger("spendstream.router")
@@ -22,8 +28,9 @@ ZERO = Decimal(0)
 
 
 class BudgetView:
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, guard: BudgetGuard | None = None) -> None:
         self.live = LiveSpend(redis_url)
+        self.guard = guard
         self.spend: dict[str, tuple[Decimal, Decimal]] = {}
         """scope → (this hour, today) USD, as of ``refreshed_at``."""
         self.refreshed_at: datetime | None = None
@@ -47,12 +54,20 @@ class BudgetView:
             return
         try:
             at = datetime.now(UTC)
-            fresh = {s: self.live.spend(s, at) for s in scopes}
+            fresh = {s: self._read(s, at) for s in scopes}
         except Exception as exc:  # keep the last snapshot
             log.warning("live spend not refreshed from Redis: %s", exc)
             return
         self.spend = fresh
         self.refreshed_at = at
+
+    def _read(self, scope: str, at: datetime) -> tuple[Decimal, Decimal]:
+        """(hour, day) USD: the guard's committed spend for the scopes it limits."""
+        if self.guard is None or scope not in self.guard.limits:
+            return self.live.spend(scope, at)
+        hour, day = self.live.spend(scope, at)
+        got = self.guard.committed(scope, at)
+        return got.get("hour", hour), got.get("day", day)
 
     def start(self, every_s: float = 5.0) -> None:
         def loop() -> None:
