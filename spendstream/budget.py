@@ -548,6 +548,7 @@ class BudgetGuard:
         self.lateness_s = allowed_lateness_s
         self.source = source or LiveSpendSource(self.redis)
         self.stats = GuardStats()
+        self._counters: dict[tuple[tuple[str, ...], int], tuple[Counter, ...]] = {}
         self._reserve = self.redis.register_script(RESERVE)
         self._settle = self.redis.register_script(SETTLE)
         self._reconcile = self.redis.register_script(RECONCILE)
@@ -567,8 +568,20 @@ class BudgetGuard:
         )
 
     def counters(self, scopes: Iterable[str], at: datetime | None = None) -> tuple[Counter, ...]:
-        """The budget counters of a call at ``at``: one per (limited scope, period)."""
+        """The budget counters of a call at ``at``: one per (limited scope, period).
+
+        Cached per (scopes, minute) — period bounds move on whole minutes in every zone in use
+        — since building them (zoneinfo, six counters) was 60 µs of a ~500 µs reserve."""
         at = at or datetime.now(UTC)
+        memo = (tuple(scopes), minute_of(at.timestamp()))
+        got = self._counters.get(memo)
+        if got is None:
+            if len(self._counters) > 4096:
+                self._counters.clear()
+            got = self._counters[memo] = self._build_counters(memo[0], at)
+        return got
+
+    def _build_counters(self, scopes: Sequence[str], at: datetime) -> tuple[Counter, ...]:
         out = []
         for scope in dict.fromkeys(scopes):
             for period, limit in self.limits.get(scope, {}).items():
