@@ -49,7 +49,9 @@ scope and period; it goes to the alerts topic as an :class:`~spendstream.alerts.
 **Redis down.** ``fail_open`` (default: the call goes ahead unreserved — a budget is a guard
 rail, the books are in PostgreSQL) or ``fail_closed`` (:class:`BudgetUnavailable`). Each
 outcome is counted in :class:`GuardStats` and the Prometheus counter
-``spendstream_budget_guard_total{outcome}``.
+``spendstream_budget_guard_total{outcome}``. A settle that cannot reach Redis never raises (the
+call has happened): it is counted as ``settle_lost``, its hold expires with the TTL, and
+reconciliation counts the spend once the stream closes its minute.
 
 **Exactness.** Counters are integer picodollars changed only with ``HINCRBY`` (exact int64);
 the comparisons inside Lua use doubles, exact below 2⁵³ pico ($9,007) and off by less than
@@ -215,7 +217,7 @@ def _prom_counter() -> Any:
                 _Prom.counter = PromCounter(
                     "spendstream_budget_guard",
                     "Budget guard outcomes: reserved, refused, settled, released, fail_open, "
-                    "fail_closed, warning, reconciled",
+                    "fail_closed, settle_lost, warning, reconciled",
                     ["outcome"],
                 )
     return _Prom.counter
@@ -656,9 +658,11 @@ class BudgetGuard:
         argv: list[Any] = [pico, reservation.minute, *(c.limit_pico for c in cs)]
         try:
             got = self._settle(keys=[self.zset, reservation.key, *(c.key for c in cs)], args=argv)
-        except redis.RedisError as exc:
+        except redis.RedisError as exc:  # never raised: the call has happened either way
             reservation.done = True
-            self._down("settle", exc)  # the reservation expires; reconciliation counts it
+            self.stats.add("settle_lost")
+            log.warning("budget guard: settle not recorded (Redis: %s); the hold expires and "
+                        "reconciliation counts the spend", exc)  # fmt: skip
             return
         reservation.done = True
         self.stats.add("settled" if pico else "released")

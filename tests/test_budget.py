@@ -24,6 +24,8 @@ from spendstream.budget import (
     BudgetUnavailable,
     Estimator,
     KafkaAlertPublisher,
+    ReconcileLoop,
+    Reservation,
     budget_scopes,
     count_input_tokens,
     period_bounds,
@@ -178,6 +180,39 @@ def test_redis_down_fails_open_or_closed_and_counts_it() -> None:
     with pytest.raises(BudgetUnavailable):
         closed.reserve(budget_scopes("t"), Decimal("0.1"))
     assert closed.stats.counts == {"fail_closed": 1}
+    # a settle that cannot reach Redis never raises (the call happened): counted, left to TTL
+    held = Reservation(closed, "k", PICO, 0, closed.counters(["team:t"]))
+    held.settle(Decimal("0.5"))
+    assert held.done and closed.stats.counts == {"fail_closed": 1, "settle_lost": 1}
+
+
+class FixedClosed:
+    """A closed-spend source that knows one figure (a stand-in for a PostgreSQL reader)."""
+
+    def __init__(self, pico: int) -> None:
+        self.pico = pico
+
+    def closed(self, scope: str, period: str, start: datetime, through: int) -> int | None:
+        return self.pico if period == "month" else None
+
+
+@pytest.mark.stack
+def test_the_reconcile_loop_raises_counters_in_the_background(
+    stack: Settings, guard_factory: list[BudgetGuard]
+) -> None:
+    g = new_guard(
+        stack.redis_url, {"team:m": {"monthly": "100"}}, source=FixedClosed(usd_to_pico("7"))
+    )
+    guard_factory.append(g)
+    g.reserve(["team:m"], Decimal("1")).settle(Decimal("1"))
+    loop = ReconcileLoop(g, every_s=0.1).start()
+    try:
+        wait_for(lambda: g.state("team:m", "month")[0] > PICO, 10, "a reconciliation round")
+    finally:
+        loop.stop()
+    # the $1 settle is in the current minute, after the last closed one: kept on top
+    assert g.state("team:m", "month") == (usd_to_pico("8"), 0)
+    assert g.stats.counts["reconciled"] >= 1
 
 
 @pytest.mark.stack
