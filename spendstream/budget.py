@@ -307,6 +307,26 @@ class Estimator:
         out = max(tier.output, tier.reasoning)
         return int(row.request_pico + n_in * tier.input + max_tokens * out)
 
+    def cost(self, provider: str, model: str, usage: Any, at: datetime | None = None) -> int | None:
+        """The settle figure from a response's usage (``call.usage`` of ``emitter.track``):
+        cache reads/writes at their prices, the rest of the input at the input price, output
+        at the output price, plus request and web-search fees. Audio and image prices are
+        left out, so a multimodal call may settle low until reconciliation raises it to the
+        stream's exact figure. None when a count or the price is unknown (settle the estimate)."""
+        if usage is None or usage.input_tokens is None or usage.output_tokens is None:
+            return None
+        row = self.book.row_at(provider, model, (at or datetime.now(UTC)).timestamp())
+        if row is None:
+            return None
+        t = row.tier_for(usage.input_tokens)
+        read, write = usage.cache_read_tokens or 0, usage.cache_creation_tokens or 0
+        plain = max(0, usage.input_tokens - read - write)
+        fees = row.request_pico + (usage.web_searches or 0) * t.web_search
+        return int(
+            plain * t.input + read * t.cache_read + write * t.cache_write
+            + usage.output_tokens * t.output + fees
+        )  # fmt: skip
+
 
 # --- alerts --------------------------------------------------------------------------------
 

@@ -348,3 +348,31 @@ def test_router_budget_policy_reads_the_guards_counters(
         assert rt.decide(req).refused
     finally:
         view.close()
+
+
+def test_settle_figure_from_usage_matches_the_workers_price() -> None:
+    """``Estimator.cost`` of a text call's usage is the enrichment's exact cost."""
+    from spendstream.pricing import price
+    from spendstream.producers.emitter import MemoryEmitter
+
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "total_tokens": 1500,
+            "prompt_tokens_details": {"cached_tokens": 512},
+        },
+    }
+    mem = MemoryEmitter()
+    with mem.track("openai", "gpt-4o-mini", service="s", endpoint="/e") as call:
+        call.set_response(body)
+    ev = mem.events[-1]
+    exact = price(ev).cost
+    assert exact is not None
+    got = Estimator().cost("openai", "gpt-4o-mini", call.usage, at=ev.timestamp)
+    assert got == usd_to_pico(exact.total)
+    assert Estimator().cost("openai", "gpt-4o-mini", None) is None
