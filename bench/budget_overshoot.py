@@ -7,9 +7,10 @@ daily budget ($50), "call the provider" (1-5 ms), then ``settle`` the actual —
 [estimate/2, estimate], except 10 % of calls that cost 1.2 x their estimate (a wrong price
 book). Three of the eight processes are set to ``os._exit`` mid-call after a random number of
 calls (5-60), leaving their in-flight reservations unsettled; one refused before its crash
-point ends normally, so a run has up to three crashes (exit codes are printed). Each caller logs ``S id estimate actual`` before its call and
-``D id`` after its settle (one ``write`` each, ``O_APPEND``), so the parent knows every settled
-call and every call a crash left in flight (counted as billed: the provider finished it).
+point ends normally, so a run has up to three crashes (exit codes are printed). Each caller
+logs ``S id estimate actual`` before its call and ``D id`` after its settle (one ``write``
+each, ``O_APPEND``), so the parent knows every settled call and every call a crash left in
+flight (counted as billed: the provider finished it).
 
 Checks, from the module docstring of :mod:`spendstream.budget`:
 
