@@ -7,7 +7,8 @@ the same. A room is a package or a set of top-level modules:
 
 - core: the schema and what every room shares — ``events``, ``config``, ``wire``, ``money``,
   ``scopes``, ``alerts`` (the alert record), ``topics`` (topic names and creation),
-  ``livespend`` (Redis key layout and reader) — plus two shared leaves that still live inside a
+  ``livespend`` (Redis key layout and reader), ``budget`` (the budget guard: the SDK, the
+  router and any service reserve through it) — plus two shared leaves that still live inside a
   room's package: ``stream.prices`` (the price book; the router prices models with it) and
   ``cache.embedders`` (the embedding model; the router's complexity policy uses it). Each of
   those must itself import only the core.
