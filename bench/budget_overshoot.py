@@ -51,9 +51,10 @@ class Caller:
     """One process's callers, its log file and its (optional) crash point."""
 
     def __init__(self, url: str, ns: str, seed: int, log: Path, crash_at: int | None) -> None:
-        self.guard = BudgetGuard(
-            url, {SCOPE: {"daily": LIMIT}}, namespace=ns, reservation_ttl_s=TTL_S
-        )
+        self.guard = BudgetGuard(  # generous timeout: a reserve timing out would fail open
+            url, {SCOPE: {"daily": LIMIT}}, namespace=ns, reservation_ttl_s=TTL_S,
+            socket_timeout_s=10,
+        )  # fmt: skip
         self.seed, self.crash_at = seed, crash_at
         self.fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.started = 0

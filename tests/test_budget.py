@@ -57,7 +57,8 @@ def guard_factory(stack: Settings) -> Iterator[list[BudgetGuard]]:
 
 def _spend(url: str, ns: str, limit: str, seed: int, threads: int, calls: int) -> tuple[int, int]:
     """One process: ``threads`` callers reserving random estimates, 10 % of them overrunning."""
-    guard = BudgetGuard(url, {"team:t": {"daily": limit}}, namespace=ns)
+    # a generous timeout: a reserve timing out on a loaded machine would fail open here
+    guard = BudgetGuard(url, {"team:t": {"daily": limit}}, namespace=ns, socket_timeout_s=10)
     totals = [0, 0]
     lock = threading.Lock()
 
@@ -103,7 +104,7 @@ def test_concurrent_processes_cannot_overshoot_beyond_the_bound(
 
 
 def _reserve_and_die(url: str, ns: str) -> None:
-    g = BudgetGuard(url, {"team:t": {"daily": "1"}}, namespace=ns, reservation_ttl_s=1.0)
+    g = BudgetGuard(url, {"team:t": {"daily": "1"}}, namespace=ns, reservation_ttl_s=5.0)
     g.reserve(["team:t"], Decimal("0.9"))
     os._exit(3)  # no settle, no release: the caller died mid-call
 
@@ -112,7 +113,8 @@ def _reserve_and_die(url: str, ns: str) -> None:
 def test_a_crashed_callers_reservation_expires(
     stack: Settings, guard_factory: list[BudgetGuard]
 ) -> None:
-    g = new_guard(stack.redis_url, {"team:t": {"daily": "1"}}, reservation_ttl_s=1.0)
+    # 5 s: the checks below must run before the hold expires, even on a loaded machine
+    g = new_guard(stack.redis_url, {"team:t": {"daily": "1"}}, reservation_ttl_s=5.0)
     guard_factory.append(g)
     ns = g.prefix.split("{")[1].rstrip("}")
     p = mp.get_context("fork").Process(target=_reserve_and_die, args=(stack.redis_url, ns))
@@ -127,7 +129,7 @@ def test_a_crashed_callers_reservation_expires(
         "day",
         Decimal("0.9"),
     )
-    wait_for(lambda: g.reap() == 1, 10, "the dead reservation to be reaped", interval=0.2)
+    wait_for(lambda: g.reap() == 1, 30, "the dead reservation to be reaped", interval=0.25)
     assert g.state("team:t", "day") == (0, 0)
     g.reserve(["team:t"], Decimal("0.9")).settle(Decimal("0.5"))
     assert g.state("team:t", "day") == (usd_to_pico("0.5"), 0)
