@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from spendstream.cli import main as cli
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
 from spendstream.livespend import day_key, hour_key
@@ -276,3 +279,62 @@ def test_budget_downgrades_then_refuses_on_live_spend_in_redis(stack: Settings) 
         r.delete(day_key(scope, now), hour_key(scope, now))
         budgets.close()
         r.close()
+
+
+def _labels(path: Path, n: int = 240, seed: int = 5) -> None:
+    """Easy lookups both models answer; multi-step maths only the strong one does (10% noise)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        hard = i % 2 == 1
+        if hard:
+            a, b, c = rng.randint(10, 99), rng.randint(100, 999), rng.randint(2, 9)
+            prompt = (
+                f"Solve for x step by step: {a}x^{c} + {b}x = {a * b} and prove the root is "
+                f"unique; then integrate x^{c} * sin({a}x) from 0 to {b}."
+            )
+        else:
+            word = rng.choice(["cat", "river", "apple", "train", "cloud", "garden", "piano"])
+            prompt = f"Write one friendly sentence about a {word} for a greeting card #{i}."
+        noise = rng.random() < 0.1
+        rows.append(
+            {
+                "prompt": prompt,
+                "cheap_correct": (not hard) != noise,
+                "strong_correct": True,
+                "group": f"g{i // 4}",
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_router_train_and_eval_cli_round_trip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels, model = tmp_path / "labels.jsonl", tmp_path / "model.npz"
+    _labels(labels)
+    assert cli(["router", "train", "--labels", str(labels), "--out", str(model)]) == 0
+    assert f"wrote {model}: 240 prompts, 60 groups" in capsys.readouterr().out
+    assert cli(["router", "eval", "--labels", str(labels), "--target", "0.95"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("target 0.950: quality "))
+    words = line.replace(",", "").split()
+    quality, share = float(words[3]), float(words[8])
+    assert quality >= 0.95 and share < 0.75, line  # hard half strong, most easy ones cheap
+    r = learned({"q": {"target_quality": 0.95}}, model_path=model)
+    hard = r.decide(
+        RouteRequest(
+            "q",
+            prompt="Solve for x step by step: 12x^3 + 400x = 4800 "
+            "and prove the root is unique; then integrate x^3 * sin(12x) from 0 to 400.",
+        )
+    )
+    easy = r.decide(
+        RouteRequest("q", prompt="Write one friendly sentence about a cat for a greeting card #7.")
+    )
+    assert (hard.tier, hard.policy, hard.calibrated) == ("strong", "learned", True)
+    assert (easy.tier, easy.policy) == ("cheap", "learned")
+    with pytest.raises(ValueError, match="row 2: expected true/false"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("prompt,cheap_correct,strong_correct\na,1,1\nb,maybe,1\n")
+        cli(["router", "train", "--labels", str(bad)])
