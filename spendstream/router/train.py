@@ -15,11 +15,17 @@ Honesty comes from three choices, each with a stated statistic:
 * **The cut for a target quality** ``t`` is the highest score cut whose quality passes a
   one-sided test on the out-of-fold scores: with ``z_i = routed_ok_i − t·strong_ok_i``, quality
   ≥ t ⇔ mean(z) ≥ 0, and the cut is accepted when the lower 95% confidence bound
-  ``mean(z) − 1.645·se`` is ≥ 0, ``se`` cluster-robust over groups (topics differ more than
-  prompts do; with 57 MMLU subjects the naive i.i.d. bound was too narrow). Cuts are tested in a
-  fixed sequence from "all strong" towards "all cheap" and the walk stops at the first failure
-  (Learn-then-Test), so testing ~200 cuts needs no multiplicity correction. Stored per target
-  on a 0.0025 grid; a requested target uses the next grid point up (conservative).
+  ``mean(z) − 1.645·se`` is ≥ 0, ``se`` cluster-robust over groups (prompts of one subject
+  are correlated: a model is good or bad at a whole topic). Cuts are tested in a fixed sequence
+  from "all strong" towards "all cheap" and the walk stops at the first failure (Learn-then-Test),
+  so testing ~200 cuts needs no multiplicity correction. Stored per target on a 0.0025 grid; a
+  requested target uses the next grid point up (conservative).
+
+  Measured (MMLU, 5 splits holding out 20% of subjects, worst held-out quality at targets
+  0.90/0.95/0.98, mean strong share): point-estimate cut 0.883 (misses 0.90) / 0.964 / 0.988 at
+  shares 0.28/0.61/0.84; i.i.d. bound 0.904/0.968/0.995 at 0.32/0.64/0.87; cluster-robust bound
+  (kept) 0.935/0.972/0.996 at 0.38/0.68/0.88. The i.i.d. bound happened to hold on these splits
+  but with 0.004 to spare, and its assumption is the one that is false.
 * **The domain test** is conformal: the similarity of a prompt to its nearest of 64 spherical
   k-means centroids of the training embeddings, computed out of fold; the cut is the 1% quantile,
   so a prompt from the training distribution (even an unseen subject) is called out of domain
