@@ -321,7 +321,13 @@ def test_router_train_and_eval_cli_round_trip(
     words = line.replace(",", "").split()
     quality, share = float(words[3]), float(words[8])
     assert quality >= 0.95 and share < 0.75, line  # hard half strong, most easy ones cheap
-    r = learned({"q": {"target_quality": 0.95}}, model_path=model)
+    conf = tmp_path / "router.yaml"
+    conf.write_text(
+        "models:\n  cheap: {provider: openai, model: gpt-4o-mini}\n"
+        "  strong: {provider: openai, model: gpt-4o}\n"
+        "endpoints:\n  q: {target_quality: 0.95}\n"
+    )
+    r = Router.from_settings(Settings(router_config=conf, router_model=model))
     hard = r.decide(
         RouteRequest(
             "q",

@@ -161,18 +161,6 @@ class Router:
     ) -> Decision:
         spec: ModelSpec = self.config.models[name]
         inp, out = self._price(name)
-        if judged is None:
-            return Decision(
-                spec.model,
-                spec.provider,
-                name,
-                reason,
-                confidence,
-                inp,
-                out,
-                False,
-                req.requested_model,
-            )
         return Decision(
             spec.model,
             spec.provider,
@@ -183,9 +171,9 @@ class Router:
             out,
             False,
             req.requested_model,
-            judged.policy,
-            judged.score,
-            judged.calibrated,
+            "rule" if judged is None else judged.policy,
+            None if judged is None else judged.score,
+            judged is not None and judged.calibrated,
         )
 
     def _refuse(self, reason: str, req: RouteRequest) -> Decision:
@@ -273,21 +261,23 @@ class Router:
         if j.policy == "fallback-heuristic":  # with this endpoint's heuristic cut
             h = KeywordHeuristic(pol.heuristic_cut).judge(req.text(), pol.target_quality)
             j = Judgement(h.strong, h.score, h.threshold, j.policy, False, j.note)
-        strong = j.strong and strong_fits
+        wanted, strong = j.strong, j.strong and strong_fits
+        if wanted and not strong_fits:  # physics overrides the calibrated choice
+            j = Judgement(False, j.score, j.threshold, j.policy, False, j.note)
         target = f"target {pol.target_quality:g}"
         cal = f"calibrated for {target}" if j.calibrated else f"not calibrated for {target}"
         if j.note:
             why = f"{j.policy}: {j.note}"
             if j.policy == "fallback-heuristic":
-                why += f", heuristic {j.score:.2f}{'>' if j.strong else '≤'}{j.threshold:.2f}"
+                why += f", heuristic {j.score:.2f}{'>' if wanted else '≤'}{j.threshold:.2f}"
             confidence = 0.5
         else:
-            why = f"{j.policy} {j.score:.2f}{'>' if j.strong else '≤'}{j.threshold:.2f}"
+            why = f"{j.policy} {j.score:.2f}{'>' if wanted else '≤'}{j.threshold:.2f}"
             # distance from the cut, squashed to (0.5, 1): how far the score is from a coin flip
             gap = abs(j.score - j.threshold) if j.threshold == j.threshold else 2.0
             confidence = 0.5 + 0.5 * min(1.0, gap / 2.0)
         why = f"{why}: {'strong' if strong else 'cheap'} ({cal})"
-        if j.strong and not strong_fits:
+        if wanted and not strong_fits:
             why += f"; ~{req.tokens()} tokens exceed {pol.strong}'s window"
         self._log(pol, req, j, why)
         return self._decide(pol.strong if strong else pol.cheap, why, confidence, req, j)
@@ -300,9 +290,5 @@ class Router:
         if not j.calibrated and pol.complexity == "learned" and key not in self._warned:
             self._warned.add(key)
             log.warning(
-                "router endpoint %s: %s judged a prompt, not calibrated for target %g (%s)",
-                key[0],
-                j.policy,
-                pol.target_quality,
-                j.note or "heuristic policy",
+                "router endpoint %s: a decision not calibrated for its target: %s", key[0], why
             )
