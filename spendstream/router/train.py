@@ -33,7 +33,7 @@ Honesty comes from three choices, each with a stated statistic:
   saw its kind. What happens then is the endpoint's ``fallback`` (default: strong).
 
 The artefact (``complexity.npz``) holds the weights, centroids (float16), the domain cut and the
-target → cut table: ~50 kB. ``python -m spendstream.router.train --out DIR`` rebuilds the
+target → cut table: 36 kB for the packaged one. ``python -m spendstream.router.train --out DIR`` rebuilds the
 packaged one from the MMLU folder.
 """
 
