@@ -33,8 +33,8 @@ Honesty comes from three choices, each with a stated statistic:
   saw its kind. What happens then is the endpoint's ``fallback`` (default: strong).
 
 The artefact (``complexity.npz``) holds the weights, centroids (float16), the domain cut and the
-target → cut table: 36 kB for the packaged one. ``python -m spendstream.router.train --out DIR`` rebuilds the
-packaged one from the MMLU folder.
+target → cut table: 36 kB for the packaged one, which ``python -m spendstream.router.train
+--out DIR`` rebuilds from the MMLU folder.
 """
 
 from __future__ import annotations
