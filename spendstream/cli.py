@@ -510,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=_demo)
     _add_price_parser(sub)
     _add_ingest_parsers(sub)
+    _add_router_parsers(sub)
     return p
 
 
@@ -562,6 +563,58 @@ def _add_price_parser(sub: Any) -> None:
     pc.add_argument("file", type=Path)
     pc.add_argument("--prices", type=Path, help="price-override TOML (default: the setting)")
     pc.set_defaults(func=_price)
+
+
+def _router_train(args: argparse.Namespace, s: Settings) -> int:
+    from .router import train as T
+
+    out = args.out or s.router_model or Path("router-model.npz")
+    ds = T.load_labels(args.labels)
+    x, dim, name = T.featurise(ds)
+    art = T.train_artefact(ds, x, dim, k=args.folds, seed=args.seed)
+    art.meta.update(dataset=str(args.labels), embedder=name)
+    art.save(out)
+    print(
+        f"wrote {out}: {len(ds.prompts)} prompts, {len(set(ds.subjects))} groups; cut at target "
+        f"0.95 = {art.cut_for(0.95):.3f}; set SPENDSTREAM_ROUTER_MODEL={out} to use it"
+    )
+    return 0
+
+
+def _router_eval(args: argparse.Namespace, s: Settings) -> int:
+    from .router import train as T
+
+    ds = T.load_labels(args.labels)
+    x, dim, _ = T.featurise(ds)
+    targets = args.target or [0.9, 0.95, 0.98]
+    print(
+        f"{len(ds.prompts)} prompts, {len(set(ds.subjects))} groups, {args.folds}-fold nested "
+        f"cross-validation (groups kept together); accuracy cheap {ds.cheap_ok.mean():.4f}, "
+        f"strong {ds.strong_ok.mean():.4f}"
+    )
+    for row in T.evaluate(ds, x, dim, targets, k=args.folds, seed=args.seed):
+        print(
+            f"target {row.target:.3f}: quality {row.quality:.4f} of always-strong, strong share "
+            f"{row.strong_share:.4f}, out of domain {row.out_of_domain:.4f}"
+        )
+    return 0
+
+
+def _add_router_parsers(sub: Any) -> None:
+    rt = sub.add_parser("router", help="train or evaluate the learned router on your own labels")
+    rsub = rt.add_subparsers(dest="router_command", required=True)
+    help_labels = "CSV or JSONL: prompt, cheap_correct, strong_correct[, group]"
+    tr = rsub.add_parser("train", help="fit and calibrate a router model file")
+    tr.add_argument("--labels", type=Path, required=True, help=help_labels)
+    tr.add_argument("--out", type=Path, help="default: the router_model setting")
+    ev = rsub.add_parser("eval", help="quality reached and strong share at targets (held out)")
+    ev.add_argument("--labels", type=Path, required=True, help=help_labels)
+    ev.add_argument("--target", type=float, action="append", help="repeatable; default .9 .95 .98")
+    for p in (tr, ev):
+        p.add_argument("--folds", type=int, default=5)
+        p.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=_router_train)
+    ev.set_defaults(func=_router_eval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

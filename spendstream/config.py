@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     router_config: Path | None = None
     """YAML/TOML file of the router's models and per-endpoint policies (README "Router")."""
     router_budget_refresh_s: float = Field(5.0, gt=0)
+    router_model: Path | None = None
+    """Model file from ``spendstream router train`` the Router loads; none = the packaged
+    MMLU model."""
     cache_namespace: str = "default"
     cache_similarity: float = Field(0.80, gt=0, le=1)
     """Cosine threshold of a semantic hit (tuned by bench/cache_quality.py)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from spendstream.cli import main as cli
 from spendstream.config import Settings
 from spendstream.events import LLMCallEvent
 from spendstream.livespend import day_key, hour_key
@@ -22,6 +26,7 @@ from spendstream.router import (
     RouteRequest,
     load_config,
 )
+from spendstream.router import features as fx
 
 MODELS = {
     "cheap": {"provider": "openai", "model": "gpt-4o-mini", "context_tokens": 1000},
@@ -106,20 +111,95 @@ def test_forced_ab_share_is_stable_per_user() -> None:
     )
 
 
-def test_learned_policy_threshold_follows_the_target_quality() -> None:
+MMLU_LIKE = [
+    "Which of the following is a prime number?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:",
+    "Find the degree for the given field extension Q(sqrt(2), sqrt(3)) over Q.\nA. 0\nB. 4\n"
+    "C. 2\nD. 6\nAnswer:",
+    "Which of the following best describes the function of the mitochondria?\nA. protein "
+    "synthesis\nB. energy production\nC. lipid storage\nD. cell division\nAnswer:",
+    "A 0.1 M solution of acetic acid has a pH of about\nA. 1\nB. 2.9\nC. 7\nD. 13\nAnswer:",
+    "In the case Marbury v. Madison, the Supreme Court established\nA. judicial review\n"
+    "B. federalism\nC. the commerce clause\nD. due process\nAnswer:",
+    "What is the time complexity of binary search on a sorted array of n elements?\nA. O(1)\n"
+    "B. O(log n)\nC. O(n)\nD. O(n log n)\nAnswer:",
+    "Statement 1 | Every group of order 4 is cyclic. Statement 2 | Every abelian group is "
+    "cyclic.\nA. True, True\nB. False, False\nC. True, False\nD. False, True\nAnswer:",
+    "Which philosopher wrote the Critique of Pure Reason?\nA. Hume\nB. Kant\nC. Hegel\n"
+    "D. Locke\nAnswer:",
+]
+OUT_OF_DOMAIN = "hi, how are you?"
+
+
+def learned(endpoints: dict[str, dict[str, object]], **kw: object) -> Router:
+    cfg = {"models": MODELS, "default": {"complexity": "learned"}, "endpoints": endpoints}
+    return Router(RouterConfig.model_validate(cfg), **kw)  # type: ignore[arg-type]
+
+
+def test_learned_cut_and_decisions_follow_the_target_quality() -> None:
     m = LearnedComplexity()
-    shares = [m.strong_share(q) for q in (0.84, 0.9, 0.95, 0.99, 1.0)]
-    assert shares[0] == 0.0 and shares == sorted(shares) and shares[-1] > 0.9
-    mmlu_like = "Which of the following is a prime number?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
-    cfg = {"models": MODELS, "default": {"complexity": "learned"}}
-    low = Router(RouterConfig.model_validate({**cfg, "endpoints": {"q": {"target_quality": 0.84}}}))
-    high = Router(RouterConfig.model_validate({**cfg, "endpoints": {"q": {"target_quality": 1.0}}}))
-    assert low.decide(RouteRequest("q", prompt=mmlu_like)).model == "gpt-4o-mini"
-    d = high.decide(RouteRequest("q", prompt=mmlu_like))
-    assert d.model == "gpt-4o" and d.reason.startswith("learned ")
-    # a chat turn is outside the training domain: judged by the heuristic instead
-    assert high.decide(RouteRequest("q", prompt="hi, how are you?")).reason.startswith("heuristic")
+    cuts = [m.threshold(q) for q in (0.8, 0.9, 0.95, 0.98, 1.0)]
+    assert cuts == sorted(cuts, reverse=True) and cuts[-1] == float("-inf")
+    assert cuts[0] > cuts[2] > cuts[3]  # a higher target lowers the cut
+    targets = (0.8, 0.95, 1.0)
+    r = learned({f"q{t}": {"target_quality": t} for t in targets})
+    strong = {
+        t: [r.decide(RouteRequest(f"q{t}", prompt=p)).tier == "strong" for p in MMLU_LIKE]
+        for t in targets
+    }
+    assert all(
+        d.policy == "learned" for p in MMLU_LIKE for d in [r.decide(RouteRequest("q1.0", prompt=p))]
+    )
+    assert sum(strong[0.8]) <= sum(strong[0.95]) <= sum(strong[1.0]) == len(MMLU_LIKE)
+    assert strong[0.8] != strong[1.0]
     assert KeywordHeuristic().threshold(0.5) == KeywordHeuristic().threshold(0.99)
+
+
+def test_decision_says_which_policy_judged_its_score_and_calibration() -> None:
+    d = learned({"q": {"target_quality": 0.95}}).decide(RouteRequest("q", prompt=MMLU_LIKE[0]))
+    assert (d.policy, d.calibrated) == ("learned", True)
+    assert d.score is not None and d.reason.startswith(f"learned {d.score:.2f}")
+    assert d.reason.endswith("(calibrated for target 0.95)")
+    h = router().decide(RouteRequest("chat", prompt=HARD))
+    assert (h.policy, h.score, h.calibrated) == ("heuristic", 1.0, False)
+    assert h.reason == "heuristic 1.00>0.50: strong (not calibrated for target 0.95)"
+    rule = router({"premium_tiers": ["gold"]}).decide(
+        RouteRequest("chat", prompt=EASY, tier="gold")
+    )
+    assert (rule.policy, rule.score, rule.calibrated) == ("rule", None, False)
+
+
+def test_each_fallback_mode_on_an_out_of_domain_prompt(caplog: pytest.LogCaptureFixture) -> None:
+    r = learned(
+        {
+            "default_safe": {},
+            "cheap": {"fallback": "cheap"},
+            "heur": {"fallback": "heuristic"},
+            "heur_low": {"fallback": "heuristic", "heuristic_cut": 0.0},
+        }
+    )
+    sim = r.learned.artefact.score(fx.features([OUT_OF_DOMAIN], r.learned.embedder))[1][0]
+    assert sim < r.learned.domain_cut  # the premise: a chat turn is out of the MMLU domain
+    with caplog.at_level(logging.DEBUG, logger="spendstream.router"):
+        got = {
+            e: r.decide(RouteRequest(e, prompt=OUT_OF_DOMAIN))
+            for e in ("default_safe", "cheap", "heur", "heur_low")
+        }
+        r.decide(RouteRequest("cheap", prompt=OUT_OF_DOMAIN))
+    seen = {e: (d.tier, d.policy, d.calibrated) for e, d in got.items()}
+    assert seen == {
+        "default_safe": ("strong", "fallback-strong", True),
+        "cheap": ("cheap", "fallback-cheap", False),
+        "heur": ("cheap", "fallback-heuristic", False),  # no keywords, 4 words: 0.005 ≤ 0.5
+        "heur_low": ("strong", "fallback-heuristic", False),
+    }
+    assert got["default_safe"].reason.startswith("fallback-strong: out of domain (similarity ")
+    assert got["default_safe"].reason.endswith(": strong (calibrated for target 0.95)")
+    assert "heuristic 0.01≤0.50: cheap" in got["heur"].reason
+    warnings = [m.getMessage() for m in caplog.records if m.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings  # once per endpoint and policy, not per decision
+    assert any("fallback-cheap" in w and "/cheap" in w for w in warnings)
+    debug = [m.getMessage() for m in caplog.records if m.levelno == logging.DEBUG]
+    assert len(debug) == 5 and all(m.startswith("route ") for m in debug)
 
 
 def test_decision_lands_in_the_call_event() -> None:
@@ -135,6 +215,7 @@ def test_decision_lands_in_the_call_event() -> None:
     back = LLMCallEvent.from_json(ev.to_json())
     assert (back.request_model, back.requested_model) == ("gpt-4o", "gpt-4.1")
     assert back.routing_reason == d.reason
+    assert back.routing_reason == "heuristic 1.00>0.50: strong (not calibrated for target 0.95)"
 
 
 def test_yaml_and_toml_configs_load_and_unknown_models_fail(tmp_path: Path) -> None:
@@ -198,3 +279,68 @@ def test_budget_downgrades_then_refuses_on_live_spend_in_redis(stack: Settings) 
         r.delete(day_key(scope, now), hour_key(scope, now))
         budgets.close()
         r.close()
+
+
+def _labels(path: Path, n: int = 240, seed: int = 5) -> None:
+    """Easy lookups both models answer; multi-step maths only the strong one does (10% noise)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        hard = i % 2 == 1
+        if hard:
+            a, b, c = rng.randint(10, 99), rng.randint(100, 999), rng.randint(2, 9)
+            prompt = (
+                f"Solve for x step by step: {a}x^{c} + {b}x = {a * b} and prove the root is "
+                f"unique; then integrate x^{c} * sin({a}x) from 0 to {b}."
+            )
+        else:
+            word = rng.choice(["cat", "river", "apple", "train", "cloud", "garden", "piano"])
+            prompt = f"Write one friendly sentence about a {word} for a greeting card #{i}."
+        noise = rng.random() < 0.1
+        rows.append(
+            {
+                "prompt": prompt,
+                "cheap_correct": (not hard) != noise,
+                "strong_correct": True,
+                "group": f"g{i // 4}",
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_router_train_and_eval_cli_round_trip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels, model = tmp_path / "labels.jsonl", tmp_path / "model.npz"
+    _labels(labels)
+    assert cli(["router", "train", "--labels", str(labels), "--out", str(model)]) == 0
+    assert f"wrote {model}: 240 prompts, 60 groups" in capsys.readouterr().out
+    assert cli(["router", "eval", "--labels", str(labels), "--target", "0.95"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("target 0.950: quality "))
+    words = line.replace(",", "").split()
+    quality, share = float(words[3]), float(words[8])
+    assert quality >= 0.95 and share < 0.75, line  # hard half strong, most easy ones cheap
+    conf = tmp_path / "router.yaml"
+    conf.write_text(
+        "models:\n  cheap: {provider: openai, model: gpt-4o-mini}\n"
+        "  strong: {provider: openai, model: gpt-4o}\n"
+        "endpoints:\n  q: {target_quality: 0.95}\n"
+    )
+    r = Router.from_settings(Settings(router_config=conf, router_model=model))
+    hard = r.decide(
+        RouteRequest(
+            "q",
+            prompt="Solve for x step by step: 12x^3 + 400x = 4800 "
+            "and prove the root is unique; then integrate x^3 * sin(12x) from 0 to 400.",
+        )
+    )
+    easy = r.decide(
+        RouteRequest("q", prompt="Write one friendly sentence about a cat for a greeting card #7.")
+    )
+    assert (hard.tier, hard.policy, hard.calibrated) == ("strong", "learned", True)
+    assert (easy.tier, easy.policy) == ("cheap", "learned")
+    with pytest.raises(ValueError, match="row 2: expected true/false"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("prompt,cheap_correct,strong_correct\na,1,1\nb,maybe,1\n")
+        cli(["router", "train", "--labels", str(bad)])

@@ -8,6 +8,7 @@
       strong: strong
       complexity: learned        # learned | heuristic | off
       target_quality: 0.95
+      fallback: strong           # out of the learned model's domain: strong | cheap | heuristic
     endpoints:
       "support/chat":            # "<service>/<endpoint>" or just "<endpoint>"
         premium_tiers: [enterprise]
@@ -68,6 +69,9 @@ class EndpointPolicy(_Conf):
     complexity: Literal["learned", "heuristic", "off"] = "learned"
     target_quality: float = Field(default=0.95, gt=0, le=1)
     heuristic_cut: float = Field(default=0.5, ge=0, le=1)
+    fallback: Literal["strong", "cheap", "heuristic"] = "strong"
+    """What decides a prompt the learned model cannot judge (out of its training domain);
+    strong is quality-safe, cheap and heuristic are not calibrated for the target."""
     premium_tiers: tuple[str, ...] = ()
     escalate_after_retries: int | None = Field(default=1, ge=1)
     forced: Forced | None = None

@@ -8,7 +8,11 @@ Policies are applied in a fixed order, first match wins (each is per endpoint, s
 3. forced — A/B share of keys pinned to one model;
 4. premium tier — listed tiers get the strong model;
 5. retry escalation — the Nth retry goes strong (the cheap answer already failed);
-6. complexity — learned or heuristic score against the threshold for the target quality.
+6. complexity — learned or heuristic score against the threshold for the target quality; a
+   prompt outside the learned model's domain goes to the endpoint's ``fallback`` (default
+   strong). ``Decision.policy`` / ``score`` / ``calibrated`` say which judged and whether the
+   decision is known to meet the target; the reason string carries the same (bounded: policy
+   names are a fixed set, numbers are two decimals).
 
 Money outranks everything but physics (a prompt that does not fit); the decision's ``reason``
 names the rule and its numbers so the enriched events can attribute savings
@@ -17,22 +21,26 @@ names the rule and its numbers so the enriched events can attribute savings
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
+from pathlib import Path
 from time import time
 from typing import Any
 
 from ..cache.embedders import Embedder
+from ..config import Settings
 from ..money import pico_to_usd
 from ..scopes import GLOBAL, endpoint_scope, service_scope, team_scope
 from ..stream.prices import PriceBook
 from .budget import BudgetView
-from .complexity import ComplexityPolicy, KeywordHeuristic, LearnedComplexity
-from .policy import Budget, EndpointPolicy, ModelSpec, RouterConfig
+from .complexity import ComplexityPolicy, Judgement, KeywordHeuristic, LearnedComplexity
+from .policy import Budget, EndpointPolicy, ModelSpec, RouterConfig, load_config
 
+log = logging.getLogger("spendstream.router")
 CHARS_PER_TOKEN = 4
 """Context estimate when the caller gives no token count: cheap, and errs towards larger."""
 
@@ -83,6 +91,13 @@ class Decision:
     usd_per_1k_output: Decimal | None
     refused: bool = False
     requested_model: str | None = None
+    policy: str = "rule"
+    """Who decided: rule (context, budget, forced, tier, retry, off), learned, heuristic,
+    fallback-strong, fallback-cheap or fallback-heuristic."""
+    score: float | None = None
+    """The complexity score, when a complexity policy judged."""
+    calibrated: bool = False
+    """Whether this decision is calibrated to meet the endpoint's target quality."""
 
     def event_fields(self) -> dict[str, str]:
         """Fields for the call event (``emitter.track(..., **decision.event_fields())``)."""
@@ -99,16 +114,28 @@ class Router:
         budgets: BudgetView | None = None,
         prices: PriceBook | None = None,
         embedder: Embedder | None = None,
+        model_path: str | Path | None = None,
     ) -> None:
+        """``model_path``: a file from ``spendstream router train`` (Settings.router_model);
+        None loads the packaged MMLU model."""
         self.config = config
+        self.model_path = model_path
+        self._warned: set[tuple[str, str]] = set()
         self.budgets = budgets
         self.prices = prices or PriceBook()
         self._embedder = embedder
         self._price_cache: dict[str, tuple[Decimal | None, Decimal | None]] = {}
 
+    @classmethod
+    def from_settings(cls, settings: Settings, budgets: BudgetView | None = None) -> Router:
+        """``router_config`` (required) and ``router_model`` from the settings."""
+        if settings.router_config is None:
+            raise ValueError('SPENDSTREAM_ROUTER_CONFIG is not set (README "Router")')
+        return cls(load_config(settings.router_config), budgets, model_path=settings.router_model)
+
     @cached_property
     def learned(self) -> LearnedComplexity:
-        return LearnedComplexity(self._embedder)
+        return LearnedComplexity(self._embedder, self.model_path)
 
     def _complexity(self, pol: EndpointPolicy) -> ComplexityPolicy:
         return self.learned if pol.complexity == "learned" else KeywordHeuristic(pol.heuristic_cut)
@@ -124,7 +151,14 @@ class Router:
             )
         return self._price_cache[name]
 
-    def _decide(self, name: str, reason: str, confidence: float, req: RouteRequest) -> Decision:
+    def _decide(
+        self,
+        name: str,
+        reason: str,
+        confidence: float,
+        req: RouteRequest,
+        judged: Judgement | None = None,
+    ) -> Decision:
         spec: ModelSpec = self.config.models[name]
         inp, out = self._price(name)
         return Decision(
@@ -137,6 +171,9 @@ class Router:
             out,
             False,
             req.requested_model,
+            "rule" if judged is None else judged.policy,
+            None if judged is None else judged.score,
+            judged is not None and judged.calibrated,
         )
 
     def _refuse(self, reason: str, req: RouteRequest) -> Decision:
@@ -216,11 +253,42 @@ class Router:
 
         if pol.complexity == "off":
             return self._decide(pol.cheap, "complexity policy off: cheap", 1.0, req)
-        cx = self._complexity(pol)
-        s, thr, judged_by = cx.judge(req.text(), pol.target_quality)
-        # distance from the cut, squashed to (0.5, 1): how far the score is from a coin flip
-        confidence = 0.5 + 0.5 * min(1.0, abs(s - thr) / 2.0)
-        if s > thr and fits[pol.strong]:
-            why = f"{judged_by} {s:.2f}>{thr:.2f}: strong"
-            return self._decide(pol.strong, why, confidence, req)
-        return self._decide(pol.cheap, f"{judged_by} {s:.2f}≤{thr:.2f}: cheap", confidence, req)
+        return self._by_complexity(pol, req, fits[pol.strong])
+
+    def _by_complexity(self, pol: EndpointPolicy, req: RouteRequest, strong_fits: bool) -> Decision:
+        """Rule 6; the reason names the policy, its numbers and the calibration state."""
+        j = self._complexity(pol).judge(req.text(), pol.target_quality, pol.fallback)
+        if j.policy == "fallback-heuristic":  # with this endpoint's heuristic cut
+            h = KeywordHeuristic(pol.heuristic_cut).judge(req.text(), pol.target_quality)
+            j = Judgement(h.strong, h.score, h.threshold, j.policy, False, j.note)
+        wanted, strong = j.strong, j.strong and strong_fits
+        if wanted and not strong_fits:  # physics overrides the calibrated choice
+            j = Judgement(False, j.score, j.threshold, j.policy, False, j.note)
+        target = f"target {pol.target_quality:g}"
+        cal = f"calibrated for {target}" if j.calibrated else f"not calibrated for {target}"
+        if j.note:
+            why = f"{j.policy}: {j.note}"
+            if j.policy == "fallback-heuristic":
+                why += f", heuristic {j.score:.2f}{'>' if wanted else '≤'}{j.threshold:.2f}"
+            confidence = 0.5
+        else:
+            why = f"{j.policy} {j.score:.2f}{'>' if wanted else '≤'}{j.threshold:.2f}"
+            # distance from the cut, squashed to (0.5, 1): how far the score is from a coin flip
+            gap = abs(j.score - j.threshold) if j.threshold == j.threshold else 2.0
+            confidence = 0.5 + 0.5 * min(1.0, gap / 2.0)
+        why = f"{why}: {'strong' if strong else 'cheap'} ({cal})"
+        if wanted and not strong_fits:
+            why += f"; ~{req.tokens()} tokens exceed {pol.strong}'s window"
+        self._log(pol, req, j, why)
+        return self._decide(pol.strong if strong else pol.cheap, why, confidence, req, j)
+
+    def _log(self, pol: EndpointPolicy, req: RouteRequest, j: Judgement, why: str) -> None:
+        """DEBUG per decision; one WARNING per endpoint and policy when a decision is not
+        calibrated for its target (so an uncalibrated endpoint is visible without DEBUG)."""
+        log.debug("route %s: %s", req.endpoint, why)
+        key = (f"{req.service or ''}/{req.endpoint}", j.policy)
+        if not j.calibrated and pol.complexity == "learned" and key not in self._warned:
+            self._warned.add(key)
+            log.warning(
+                "router endpoint %s: a decision not calibrated for its target: %s", key[0], why
+            )
