@@ -371,6 +371,7 @@ def _ingest(args: argparse.Namespace, s: Settings) -> int:
         endpoint_attributes=tuple(args.endpoint_attr) or d.endpoint_attributes,
         team_attributes=tuple(args.team_attr) or d.team_attributes,
         user_attributes=tuple(args.user_attr) or d.user_attributes,
+        session_attributes=tuple(args.session_attr) or d.session_attributes,
     )
     config = GatewayConfig(max_body_bytes=args.max_body_bytes, mapping=mapping)
     gateway = Gateway(Emitter(s), KeyStore(Path(args.keys_file)), config)
@@ -541,6 +542,14 @@ def _add_ingest_parsers(sub: Any) -> None:
         default=[],
         metavar="ATTRIBUTE",
         help="attribute naming the end user (repeatable; default user.id, enduser.id)",
+    )
+    ig.add_argument(
+        "--session-attr",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE",
+        help="attribute naming the session (repeatable; default session.id, "
+        "gen_ai.conversation.id, traceloop.association.properties.session_id, ...)",
     )
     ig.set_defaults(func=_ingest)
     ik = sub.add_parser("ingest-key", help="add an API key of the ingest gateway")
