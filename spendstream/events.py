@@ -11,6 +11,13 @@ validators reject usage where the parts exceed the whole.
 
 Wire format: UTF-8 JSON of ``model_dump(mode="json", exclude_none=True)``; decimals travel as
 strings so money stays exact. The Kafka key of a raw event is :meth:`LLMCallEvent.kafka_key`.
+
+Compatibility: fields are added to v1 only as optional ones (issue 17: ``session_id``,
+``trace_id``, ``span_id``), absent from the wire when unset, so a newer reader takes every older
+event unchanged. An older reader refuses a field it does not know (``extra="forbid"``: a typo
+must not silently lose data), so its worker dead-letters such an event with a reason naming the
+field and saying to upgrade readers first (:func:`describe_error`): deploy workers and sinks
+before producers.
 """
 
 from __future__ import annotations
