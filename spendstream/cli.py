@@ -248,11 +248,30 @@ def _db(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def _top_arg(text: str) -> int:
+    """``--top N``: 1..100000 (a LIMIT, never a negative or unbounded one)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top wants a count, got {text[:40]!r}") from None
+    if not 1 <= n <= 100_000:
+        raise argparse.ArgumentTypeError(f"--top must be 1..100000, got {n}")
+    return n
+
+
 def _report(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
 
     from .sinks.postgres import connect
-    from .sinks.report import report, to_csv, to_table
+    from .sinks.report import (
+        GROUP_COLUMNS,
+        groups_csv,
+        groups_table,
+        report,
+        to_csv,
+        to_table,
+        top_groups,
+    )
 
     since: datetime = args.since  # parsed by _when_arg: a bad one was a usage error
     until: datetime = args.until or datetime.now(UTC)
@@ -267,12 +286,17 @@ def _report(args: argparse.Namespace, s: Settings) -> int:
     async def go() -> str:
         conn = await connect(s)
         try:
-            rows = await report(conn, since, until, args.by, tags)
+            if args.by in GROUP_COLUMNS:
+                top = await top_groups(conn, since, until, args.by, args.top, tags)
+            else:
+                rows = await report(conn, since, until, args.by, tags)
         finally:
             await conn.close()
+        head = f"calls from {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC by {args.by}"
+        if args.by in GROUP_COLUMNS:
+            return groups_csv(top) if args.csv else head + "\n" + groups_table(top)
         if args.csv:
             return to_csv(rows)
-        head = f"calls from {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC by {args.by}"
         return head + "\n" + to_table(rows, args.by)
 
     print(asyncio.run(go()), end="" if args.csv else "\n")
@@ -371,6 +395,7 @@ def _ingest(args: argparse.Namespace, s: Settings) -> int:
         endpoint_attributes=tuple(args.endpoint_attr) or d.endpoint_attributes,
         team_attributes=tuple(args.team_attr) or d.team_attributes,
         user_attributes=tuple(args.user_attr) or d.user_attributes,
+        session_attributes=tuple(args.session_attr) or d.session_attributes,
     )
     config = GatewayConfig(max_body_bytes=args.max_body_bytes, mapping=mapping)
     gateway = Gateway(Emitter(s), KeyStore(Path(args.keys_file)), config)
@@ -463,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.set_defaults(func=_db)
 
-    rpt = sub.add_parser("report", help="spend by endpoint, model, team, user or prompt version")
+    rpt = sub.add_parser("report", help="spend by endpoint, model, team, user, session, trace ...")
     rpt.add_argument(
         "--since", default="24h", type=_when_arg, help="24h, 7d, or an ISO time (default 24h)"
     )
@@ -471,7 +496,24 @@ def build_parser() -> argparse.ArgumentParser:
     rpt.add_argument(
         "--by",
         default="endpoint",
-        choices=["endpoint", "model", "team", "user", "prompt_version", "service"],
+        choices=[
+            "endpoint",
+            "model",
+            "team",
+            "user",
+            "prompt_version",
+            "service",
+            "session",
+            "trace",
+        ],
+        help="session/trace: the most expensive sessions or requests across services",
+    )
+    rpt.add_argument(
+        "--top",
+        type=_top_arg,
+        default=20,
+        metavar="N",
+        help="--by session/trace: show the N dearest (default 20)",
     )
     rpt.add_argument(
         "--tag",
@@ -542,6 +584,14 @@ def _add_ingest_parsers(sub: Any) -> None:
         default=[],
         metavar="ATTRIBUTE",
         help="attribute naming the end user (repeatable; default user.id, enduser.id)",
+    )
+    ig.add_argument(
+        "--session-attr",
+        action="append",
+        default=[],
+        metavar="ATTRIBUTE",
+        help="attribute naming the session (repeatable; default session.id, "
+        "gen_ai.conversation.id, traceloop.association.properties.session_id, ...)",
     )
     ig.set_defaults(func=_ingest)
     ik = sub.add_parser("ingest-key", help="add an API key of the ingest gateway")

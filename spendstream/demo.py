@@ -8,6 +8,11 @@ closed per-endpoint minutes as they arrive, the alerts as a webhook receiver get
 then resolved), a report from PostgreSQL checked against the emitted events priced in this
 process, and the dashboard's Prometheus queries.
 
+One request in the warm-up is a RAG request across three services — an embedding call in
+``search``, a rerank in ``ranker``, the answer in ``support-bot`` — sharing one trace id
+(:func:`rag_request`); the demo prints its cost from PostgreSQL (``report --by trace``) and
+checks it against the three calls priced in this process.
+
 Each run uses its own topics and worker group (``spendstream-demo-<run>``), so a rerun starts
 from fresh event-time state; its calls carry the tag ``demo_run=<run>`` in PostgreSQL.
 """
@@ -30,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from .alerts import Alert
 from .config import Settings
@@ -78,9 +83,46 @@ def plan_events(plan: DemoPlan, run_id: str, end: datetime) -> list[LLMCallEvent
         TrafficConfig(seed=plan.seed, rate=plan.rate, time_scale=plan.time_scale, start=start),
         [plan.incident],
     )
-    return [
+    events = [
         e.model_copy(update={"tags": {**e.tags, TAG: run_id}})
         for e in SyntheticTraffic(cfg).events(until=start + plan.span)
+    ]
+    return sorted([*events, *rag_request(run_id, start + RAG_AT)], key=lambda e: e.timestamp)
+
+
+RAG_AT: Final = timedelta(minutes=10, seconds=7)
+"""When the multi-service request happens, from the first simulated minute (in the warm-up)."""
+
+
+def rag_request(run_id: str, at: datetime) -> list[LLMCallEvent]:
+    """One request's calls in three services sharing a trace id (ids derived from the run, so
+    ``plan_events`` regenerates them): embed the question, rerank the passages, answer."""
+    trace = uuid.uuid5(uuid.NAMESPACE_URL, f"spendstream-demo/{run_id}/trace").hex
+    calls = [  # (service, endpoint, provider, model, operation, ms after start, latency, usage)
+        ("search", "/embed", "openai", "text-embedding-3-small", "embeddings", 0, 60.0,
+         {"input_tokens": 40, "output_tokens": 0}),
+        ("ranker", "/rerank", "cloudflare", "@cf/baai/bge-reranker-base", "rerank", 80, 45.0,
+         {"input_tokens": 6000, "output_tokens": 0}),
+        ("support-bot", "/v1/answer", "openai", "gpt-4o-mini", "chat", 140, 1900.0,
+         {"input_tokens": 5200, "output_tokens": 420}),
+    ]  # fmt: skip
+    return [
+        LLMCallEvent(
+            event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"spendstream-demo/{run_id}/{i}"),
+            timestamp=at + timedelta(milliseconds=after),
+            service=svc,
+            endpoint=ep,
+            provider=prov,
+            request_model=model,
+            operation=op,
+            usage=usage,
+            latency_ms=latency,
+            tags={TAG: run_id},
+            trace_id=trace,
+            span_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{trace}/{i}").hex[:16],
+            session_id=f"demo-chat-{run_id}" if op == "chat" else None,
+        )
+        for i, (svc, ep, prov, model, op, after, latency, usage) in enumerate(calls)
     ]
 
 
@@ -277,6 +319,8 @@ class DemoResult:
     stored_usd: Decimal = Decimal(0)
     fired: bool = False
     resolved: bool = False
+    request_usd: Decimal | None = None
+    """The multi-service request's cost in PostgreSQL (``report --by trace``)."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -303,6 +347,36 @@ async def _report(s: Settings, run_id: str, since: datetime, until: datetime) ->
     finally:
         await conn.close()
     return to_table(rows, "endpoint")
+
+
+async def _request_cost(
+    s: Settings, run_id: str, since: datetime, until: datetime
+) -> tuple[str, Decimal | None, str | None]:
+    """The run's multi-service request (``report --by trace``) and its calls, from the rows."""
+    from .sinks.postgres import connect
+    from .sinks.report import groups_table, top_groups
+
+    conn = await connect(s)
+    try:
+        top = await top_groups(conn, since, until, "trace", 1, {TAG: run_id})
+        rows = await conn.fetch(
+            "SELECT service, operation, provider || '/' || request_model AS model, cost_usd "
+            "FROM llm_calls WHERE trace_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
+            top.rows[0].key if top.rows else "",
+            since,
+            until,
+        )
+    finally:
+        await conn.close()
+    calls = [
+        f"    {r['service']:<12} {r['operation']:<11} {r['model']:<38} ${r['cost_usd']:.7f}"
+        for r in rows
+    ]
+    top_row = top.rows[0] if top.rows else None
+    table = "\n".join([groups_table(top), *calls])
+    if top_row is None:
+        return table, None, None
+    return table, top_row.cost_usd, top_row.key
 
 
 PROM_QUERIES = (
@@ -461,6 +535,7 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
                 f"PostgreSQL has {res.rows} rows / ${res.stored_usd}, "
                 f"emitted {len(events)} / ${expected}"
             )
+        _show_request(con, s, res, start, until)
 
         calls_q, cost_q = (
             "sum(spendstream_llm_requests_total)",
@@ -509,11 +584,37 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
     return res
 
 
+def _show_request(
+    con: Console, s: Settings, res: DemoResult, start: datetime, until: datetime
+) -> None:
+    """Print the multi-service request's cost from PostgreSQL; a problem if it is not the sum
+    of its three calls priced in this process."""
+    from .stream.enrich import Enricher
+
+    calls = rag_request(res.run_id, start + RAG_AT)
+    expected = pico_to_usd(Enricher().total_pico(calls))
+    con.say(
+        "one request across three services, by its trace id (the same as `spendstream report "
+        f"--by trace --top 1 --since {start:%Y-%m-%dT%H:%M}Z --tag {TAG}={res.run_id}`):"
+    )
+    table, cost, key = asyncio.run(_request_cost(s, res.run_id, start, until))
+    con.say(table, stamp=False)
+    res.request_usd = cost
+    same = key == calls[0].trace_id and cost == expected
+    con.say(
+        f"the request's three calls priced in this process: ${expected} -> "
+        + ("equal" if same else "DIFFERENT")
+    )
+    if not same:
+        res.problems.append(f"the request {calls[0].trace_id} costs ${cost}, not ${expected}")
+
+
 def _next_steps(con: Console, s: Settings, ds: Settings, run_id: str, stack_up: bool) -> None:
     up = "" if stack_up else "(after `spendstream stack up`) "
     con.say(f"where to look next {up}:".replace(" :", ":"), stamp=False)
     for line in (
         f"  spendstream report --since 3h --by model --tag {TAG}={run_id}",
+        f"  spendstream report --since 3h --by trace --top 10 --tag {TAG}={run_id}",
         f"  SPENDSTREAM_TOPIC_ALERTS={ds.topic_alerts} spendstream alerts tail --from-beginning",
         "  grafana/spendstream.json: import it into Grafana with Prometheus "
         f"{s.prometheus_url} as the data source",

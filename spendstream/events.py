@@ -11,6 +11,13 @@ validators reject usage where the parts exceed the whole.
 
 Wire format: UTF-8 JSON of ``model_dump(mode="json", exclude_none=True)``; decimals travel as
 strings so money stays exact. The Kafka key of a raw event is :meth:`LLMCallEvent.kafka_key`.
+
+Compatibility: fields are added to v1 only as optional ones (issue 17: ``session_id``,
+``trace_id``, ``span_id``), absent from the wire when unset, so a newer reader takes every older
+event unchanged. An older reader refuses a field it does not know (``extra="forbid"``: a typo
+must not silently lose data), so its worker dead-letters such an event with a reason naming the
+field and saying to upgrade readers first (:func:`describe_error`): deploy workers and sinks
+before producers.
 """
 
 from __future__ import annotations
@@ -74,6 +81,10 @@ Provider = Annotated[
 ]
 ShortText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
 LongText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+TraceId = Annotated[str, StringConstraints(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
+"""W3C Trace Context / OTel trace id: 32 lowercase hex digits, not all zero (the invalid id)."""
+SpanId = Annotated[str, StringConstraints(min_length=16, max_length=16, pattern=r"^[0-9a-f]{16}$")]
+"""W3C Trace Context / OTel span id: 16 lowercase hex digits, not all zero."""
 TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
 Money = Annotated[Decimal, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
 
@@ -231,6 +242,13 @@ class LLMCallEvent(_Strict):
     """End user; never a metric label, only stored per call."""
     tags: dict[str, str] = Field(default_factory=dict)
     prompt_version: Name | None = None
+    session_id: ShortText | None = None
+    """User session or agent conversation the call belongs to (same rules as ``user_id``);
+    never a metric label, only stored per call and grouped by ``report --by session``."""
+    trace_id: TraceId | None = None
+    """The distributed trace (one request across services) the call was made in."""
+    span_id: SpanId | None = None
+    """The span of the call itself (the gateway's GenAI span, or the SDK's current span)."""
 
     usage: Usage = Field(default_factory=Usage)
     usage_error: ShortText | None = None
@@ -268,6 +286,13 @@ class LLMCallEvent(_Strict):
         v = v.astimezone(UTC)
         if not MIN_TIMESTAMP <= v < MAX_TIMESTAMP:
             raise ValueError(f"timestamp {v.isoformat()} is outside 2000-01-01..2100-01-01")
+        return v
+
+    @field_validator("trace_id", "span_id")
+    @classmethod
+    def _valid_id(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip("0"):
+            raise ValueError("an all-zero trace/span id is the W3C invalid id")
         return v
 
     @field_validator("tags")
@@ -435,6 +460,11 @@ def describe_error(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "<event>"
         msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg += (  # e.g. a field a newer producer writes, read by an older worker
+                f" (not a field of this reader's schema v{SCHEMA_VERSION}: upgrade stream "
+                "workers and sinks before producers)"
+            )
         if err["type"] == "string_pattern_mismatch" and "\\x00-\\x1f" in str(
             (err.get("ctx") or {}).get("pattern", "")
         ):

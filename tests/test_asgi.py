@@ -60,3 +60,43 @@ def test_calls_outside_a_request_keep_their_own_fields(emitter: Emitter) -> None
     with emitter.track("openai", "gpt-4o", endpoint="/batch-job") as call:
         pass
     assert call.event is not None and call.event.endpoint == "/batch-job"
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_session_header_and_traceparent_reach_the_event(emitter: Emitter) -> None:
+    """``x-session-id`` (configurable) names the session; ``traceparent`` gives the trace when
+    no OpenTelemetry span is current (its span id is the caller's: not taken)."""
+    seen: list[LLMCallEvent] = []
+
+    async def answer(request: Request) -> JSONResponse:
+        async with emitter.track("openai", "gpt-4o-mini") as call:
+            call.set_response(OPENAI_CHAT)
+        assert call.event is not None
+        seen.append(call.event)
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/answer", answer)])
+    app.add_middleware(SpendstreamMiddleware, service="rag", session_header="X-Conversation")
+    parent = f"00-{TRACE}-00f067aa0ba902b7-01"
+    with TestClient(app) as client:
+        client.get("/answer", headers={"x-conversation": "chat-42", "traceparent": parent})
+        client.get("/answer", headers={"x-session-id": "ignored", "traceparent": "00-zz-01"})
+        client.get("/answer", headers={"x-conversation": "a\tb", "traceparent": f"00-{'0' * 32}"
+                                       "-00f067aa0ba902b7-01"})  # fmt: skip
+    first, second, third = seen
+    assert (first.session_id, first.trace_id, first.span_id) == ("chat-42", TRACE, None)
+    assert (second.session_id, second.trace_id) == (None, None)  # not the configured header
+    assert (third.session_id, third.trace_id) == ("a b", None)  # repaired; invalid trace id
+    assert emitter.stats().repaired == {"field_sanitized": 1}
+
+
+def test_traceparent_forms() -> None:
+    from spendstream.producers.asgi import traceparent_trace_id as tid
+
+    assert tid(f"00-{TRACE}-00f067aa0ba902b7-01") == TRACE
+    assert tid(f" 00-{TRACE.upper()}-00F067AA0BA902B7-00 ") == TRACE
+    assert tid(f"01-{TRACE}-00f067aa0ba902b7-01-extra") == TRACE  # a later version: prefix read
+    assert tid(f"ff-{TRACE}-00f067aa0ba902b7-01") is None  # version ff is invalid
+    assert tid(f"00-{TRACE}-00f067aa0ba902b7") is None and tid("") is None and tid(None) is None

@@ -10,7 +10,7 @@ import pytest
 
 from spendstream.alerts import Alert
 from spendstream.config import Settings
-from spendstream.demo import PREFIX, TAG, DemoPlan, plan_events, run_demo
+from spendstream.demo import PREFIX, RAG_AT, TAG, DemoPlan, plan_events, rag_request, run_demo
 from spendstream.money import pico_to_usd
 from spendstream.stream.enrich import Enricher
 from tests.books import query
@@ -38,6 +38,19 @@ def test_demo_catches_the_model_switch_and_its_books_equal_the_emitted_costs(
     stored = query(stack, "SELECT sum(cost_usd) FROM llm_calls WHERE tags @> $1::jsonb", run)
     assert Decimal(stored) == expected
     assert f"total ${expected}" in out
+
+    # the multi-service request: one trace across three services, its summed cost printed
+    request = rag_request(res.run_id, res.start + RAG_AT)
+    assert {e.service for e in request} == {"search", "ranker", "support-bot"}
+    assert all(e in events for e in request)
+    trace = request[0].trace_id
+    # 40 x $0.02/M + 6000 x $0.003/M + 5200 x $0.15/M + 420 x $0.60/M
+    assert res.request_usd == Decimal("0.0010508") == pico_to_usd(Enricher().total_pico(request))
+    assert query(stack, "SELECT sum(cost_usd) FROM llm_calls WHERE trace_id = $1", trace) == (
+        Decimal("0.0010508")
+    )
+    assert f"{trace}       0.001051       3       2040.0" in out  # 140 ms + 1900 ms
+    assert "the request's three calls priced in this process: $0.001050800000 -> equal" in out
 
     # the alerts topic of the run: the target endpoint fired during the incident and resolved
     # after it, once each; the webhook receiver printed both

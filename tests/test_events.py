@@ -128,6 +128,45 @@ def test_error_description_is_one_readable_line() -> None:
     text = describe_error(info.value)
     assert "usage.input_tokens: Input should be greater than or equal to 0" in text
     assert "bogus: Extra inputs are not permitted" in text
+    assert "upgrade stream workers and sinks before producers" in text
+
+
+TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def test_session_and_trace_fields_are_optional_and_round_trip() -> None:
+    ev = example_event(session_id="sess-1", trace_id=TRACE, span_id=SPAN)
+    assert (ev.session_id, ev.trace_id, ev.span_id) == ("sess-1", TRACE, SPAN)
+    assert LLMCallEvent.from_json(ev.to_json()) == ev
+    assert b"session_id" not in example_event().to_json()  # absent, never null on the wire
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("trace_id", TRACE.upper()), ("trace_id", "0" * 32), ("trace_id", TRACE[:-1]),
+        ("trace_id", TRACE + "0"), ("trace_id", TRACE + "\n"), ("trace_id", TRACE[:-1] + "g"),
+        ("trace_id", "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"), ("trace_id", 5),
+        ("span_id", SPAN.upper()), ("span_id", "0" * 16), ("span_id", SPAN + "\n"),
+        ("span_id", TRACE), ("span_id", ""),
+        ("session_id", "s" * 257), ("session_id", "a\tb"), ("session_id", "a\x85b"),
+        ("session_id", 7),
+    ],
+)  # fmt: skip
+def test_bad_session_and_trace_ids_are_refused_by_name(field: str, value: Any) -> None:
+    assert error_fields(wire(**{field: value})) == {field}
+
+
+def test_an_older_reader_dead_letters_a_new_field_naming_it() -> None:
+    """A schema-v1 reader that predates a field refuses it (extra="forbid"): the reason names
+    the field and says to upgrade readers first (what a pre-issue-17 worker does with
+    ``session_id``, shown with a field no reader knows yet)."""
+    with pytest.raises(ValidationError) as info:
+        LLMCallEvent.model_validate_json(json.dumps(wire(conversation_turn=3)))
+    assert describe_error(info.value) == (
+        "conversation_turn: Extra inputs are not permitted (not a field of this reader's schema "
+        "v1: upgrade stream workers and sinks before producers)"
+    )
 
 
 # --- property tests ---------------------------------------------------------------------------
@@ -172,6 +211,9 @@ def events(draw: st.DrawFn) -> LLMCallEvent:
             "request_model": draw(names),
             "team": draw(st.none() | names),
             "user_id": draw(st.none() | printable),
+            "session_id": draw(st.none() | printable),
+            "trace_id": draw(st.none() | st.integers(1, 2**128 - 1).map(lambda n: f"{n:032x}")),
+            "span_id": draw(st.none() | st.integers(1, 2**64 - 1).map(lambda n: f"{n:016x}")),
             "tags": draw(
                 st.dictionaries(
                     st.text(string.ascii_letters, min_size=1, max_size=10),

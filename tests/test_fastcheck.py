@@ -81,11 +81,24 @@ TAGS: list[Any] = [
     {"a": "v" * 256}, {"a": "v" * 257}, {"a": "x\x00"}, {"a": "\x85"}, {"a": "\n"}, {"a": 1},
     {"a": None}, [], {"a": {"b": "c"}}, {"region:eu/1.a_b-c": "Zürich"}, {"a": ""},
 ]  # fmt: skip
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN = "00f067aa0ba902b7"
+IDS: dict[str, list[Any]] = {
+    "trace_id": [
+        TRACE, TRACE.upper(), "0" * 32, "0" * 31 + "1", TRACE[:-1], TRACE + "0", TRACE + "\n",
+        TRACE[:-1] + "g", " " + TRACE[1:], TRACE[:16], "", "4bf92f35-77b3-4da6-a3ce-929d0e0e4736",
+        "٤" + TRACE[1:], 5, 0,
+    ],
+    "span_id": [
+        SPAN, SPAN.upper(), "0" * 16, "0" * 15 + "1", SPAN[:-1], SPAN + "0", SPAN + "\n",
+        SPAN[:-1] + "g", TRACE, "", "٠" + SPAN[1:], 5,
+    ],
+}  # fmt: skip
 USAGE_FIELDS = list(Usage.model_fields)
 EVENT_FIELDS = list(LLMCallEvent.model_fields)
 NAME_FIELDS = ["service", "endpoint", "provider", "request_model", "response_model", "team",
                "prompt_version", "error_type", "requested_model", "user_id", "usage_error",
-               "routing_reason"]  # fmt: skip
+               "routing_reason", "session_id"]  # fmt: skip
 FLOAT_FIELDS = ["latency_ms", "ttft_ms", "feedback", "groundedness"]
 ODD: list[Any] = [None, [], {}, True, 0, "x"]
 
@@ -100,6 +113,7 @@ def pool(field: str) -> list[Any]:
         else UUIDS if field == "event_id"
         else TAGS if field == "tags"
         else ENUMS.get(field, []) if field in ENUMS
+        else IDS[field] if field in IDS  # noqa: SIM401
         else [1, 2, "1", 1.0, True] if field == "schema_version"
         else [True, False, 1, 0, "true"] if field == "cache_hit"
         else [{}, {"input_tokens": 5}, {"total_tokens": 5}] if field == "usage"
@@ -124,7 +138,8 @@ def bases() -> list[dict[str, Any]]:
         "input_image_tokens": 40, "output_image_tokens": 0, "web_searches": 2,
         "cache_image_read_tokens": 5,
     })  # fmt: skip
-    return [ex, minimal, hit, failed, units]
+    traced = dict(ex, session_id="sess-7f3a", trace_id=TRACE, span_id=SPAN)
+    return [ex, minimal, hit, failed, units, traced]
 
 
 BASES = bases()
@@ -317,6 +332,25 @@ def test_the_reader_leaves_what_it_cannot_decide_to_pydantic() -> None:
     assert not taken(prompt_text=None) and not taken(cache_hit=True)  # no cache_kind
 
 
+def test_session_and_trace_ids_are_read_as_pydantic_reads_them() -> None:
+    """Issue 17's fields: W3C ids (lowercase hex, exact length, not all zero), the session id
+    under user_id's rules; what the reader takes it takes with pydantic's value."""
+    assert taken(5) and taken(5, trace_id="0" * 31 + "1", span_id="0" * 15 + "1")
+    assert taken(session_id="") and taken(session_id="s" * 256) and taken(session_id="日本")
+    for bad in IDS["trace_id"][1:3] + IDS["trace_id"][4:]:
+        assert not taken(5, trace_id=bad), bad
+    for bad in IDS["span_id"][1:3] + IDS["span_id"][4:]:
+        assert not taken(5, span_id=bad), bad
+    assert not taken(session_id="s" * 257) and not taken(session_id="a\x85b")
+    assert not taken(session_id="a\nb") and not taken(session_id=5)
+    got = read_line(dumps(BASES[5]))
+    assert got is not None and (got.session_id, got.trace_id, got.span_id) == (
+        "sess-7f3a",
+        TRACE,
+        SPAN,
+    )
+
+
 def test_single_mutations_are_sound_and_give_the_same_output() -> None:
     corpus = [line for _, line in single_mutations()]
     fast = sum(1 for line in corpus if check_sound(line) is not None)
@@ -370,6 +404,9 @@ def _free(field: str) -> st.SearchStrategy[Any]:
         return st.text(st.characters(codec="utf-8"), max_size=130)
     if field == "timestamp":
         return st.datetimes(timezones=st.timezones()).map(lambda t: t.isoformat())
+    if field in IDS:
+        size = 32 if field == "trace_id" else 16
+        return st.text("0123456789abcdefABCDEF\n ", min_size=size - 1, max_size=size + 1)
     if field in ("provider_cost_usd", "cache_saved_usd"):
         return st.decimals(allow_nan=False, allow_infinity=False, places=6).map(str)
     return st.integers(-(2**70), 2**70)

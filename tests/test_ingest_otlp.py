@@ -342,3 +342,29 @@ def test_a_wrong_span_clock_drops_the_latency_not_the_call() -> None:
     assert (ev.latency_ms, ev.ttft_ms) == (None, None)
     (ev,) = map_spans(decode_json(request_json([span_json(attrs, duration_ns=-5)]))).events
     assert ev.latency_ms is None
+
+
+def test_trace_span_and_session_ids() -> None:
+    """The span's own ids; the session from the span, an ancestor or the resource, under the
+    configured attribute names, cleaned rather than costing the call."""
+    server = span_json({"http.route": "/chat", "session.id": "s-parent"}, "aaaaaaaaaaaaaaaa")
+    under = span_json({**BASE, "gen_ai.system": "openai"}, "bbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaa")
+    own = span_json(
+        {**BASE, "gen_ai.system": "openai", "gen_ai.conversation.id": "conv\t9" + "x" * 300},
+        "cccccccccccccccc",
+        "aaaaaaaaaaaaaaaa",
+    )
+    lone = span_json({**BASE, "gen_ai.system": "openai"}, "dddddddddddddddd")
+    (res,) = both(request_json([server, under, own, lone]))
+    assert res.rejected == 0
+    got = [(e.trace_id, e.span_id, e.session_id) for e in res.events]
+    conv = ("conv 9" + "x" * 300)[:256]
+    assert got == [
+        (TRACE.hex(), "bbbbbbbbbbbbbbbb", "s-parent"),
+        (TRACE.hex(), "cccccccccccccccc", conv),
+        (TRACE.hex(), "dddddddddddddddd", None),
+    ]
+    cfg = MappingConfig(session_attributes=("app.chat",))
+    tagged = span_json({**BASE, "gen_ai.system": "openai", "app.chat": "c-1", "session.id": "no"})
+    (ev,) = map_spans(decode_json(request_json([tagged])), cfg).events
+    assert ev.session_id == "c-1"

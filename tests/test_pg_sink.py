@@ -83,6 +83,7 @@ def test_migrations_are_recorded_and_prune_drops_whole_days(stack: Settings) -> 
         "0002_cache_saved.sql",
         "0003_priced_units.sql",
         "0004_cache_image_read.sql",
+        "0005_sessions_traces.sql",
     ]
     assert again == []
     assert dropped == ["llm_calls_20260302", "llm_calls_20260331"]  # 120 and 91 days back

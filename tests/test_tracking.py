@@ -216,3 +216,80 @@ def test_stats_are_exposed_to_prometheus(emitter: Emitter) -> None:
     # two queued events: 4 KiB each while buffered, their encoded records' size once taken
     (line,) = [x for x in text.splitlines() if x.startswith("spendstream_sdk_buffered_bytes ")]
     assert 0 < float(line.split()[1]) <= 8192
+
+
+TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def test_session_id_from_track_or_an_enclosing_session_block(emitter: Emitter) -> None:
+    from spendstream.producers.tracking import session
+
+    with emitter.track("openai", "gpt-4o", session_id="s-explicit") as a:
+        pass
+    with session("s-outer"):
+        with emitter.track("openai", "gpt-4o") as b:
+            pass
+        with session("s-inner"), emitter.track("openai", "gpt-4o") as c:
+            pass
+
+        async def in_a_task() -> Any:
+            with emitter.track("openai", "gpt-4o") as d:
+                pass
+            return d.event
+
+        d_event = asyncio.run(in_a_task())  # a new task copies the context: inherits
+        with emitter.track("openai", "gpt-4o", session_id="s-wins") as e:
+            pass
+    with emitter.track("openai", "gpt-4o") as f:
+        pass
+    got = [x.event.session_id if x.event else "?" for x in (a, b, c, e, f)]
+    assert got == ["s-explicit", "s-outer", "s-inner", "s-wins", None]
+    assert d_event is not None and d_event.session_id == "s-outer"
+
+
+def test_trace_and_span_ids_come_from_the_current_otel_span(emitter: Emitter) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+    ctx = SpanContext(trace_id=int(TRACE, 16), span_id=int(SPAN, 16), is_remote=False)
+    with trace.use_span(NonRecordingSpan(ctx)), emitter.track("openai", "gpt-4o") as a:
+        pass
+    with emitter.track("openai", "gpt-4o") as b:  # no span current: the API's invalid span
+        pass
+    with (
+        trace.use_span(NonRecordingSpan(ctx)),
+        emitter.track("openai", "gpt-4o", trace_id="a" * 32) as c,  # explicit wins
+    ):
+        pass
+    assert a.event is not None and (a.event.trace_id, a.event.span_id) == (TRACE, SPAN)
+    assert b.event is not None and (b.event.trace_id, b.event.span_id) == (None, None)
+    assert c.event is not None and (c.event.trace_id, c.event.span_id) == ("a" * 32, None)
+
+
+def test_without_opentelemetry_there_are_no_ids_and_no_error(
+    emitter: Emitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from spendstream.producers import tracking
+
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import raises ImportError
+    monkeypatch.setattr(tracking, "otel_ids", tracking.OTelIds())
+    with emitter.track("openai", "gpt-4o") as a:
+        pass
+    assert a.event is not None and a.event.trace_id is None
+    assert tracking.otel_ids.current() == (None, None)
+
+
+def test_bad_trace_and_span_ids_are_fixed_or_dropped_and_counted(emitter: Emitter) -> None:
+    with emitter.track("openai", "gpt-4o", trace_id=f" {TRACE.upper()} ", span_id="0" * 16) as a:
+        pass
+    assert a.event is not None and (a.event.trace_id, a.event.span_id) == (TRACE, None)
+    with emitter.track("openai", "gpt-4o", trace_id="not-a-trace", span_id=SPAN + "x") as b:
+        pass
+    assert b.event is not None and (b.event.trace_id, b.event.span_id) == (None, None)
+    with emitter.track("openai", "gpt-4o", session_id="s\n" + "x" * 300) as c:
+        pass
+    assert c.event is not None and c.event.session_id == "s " + "x" * 254
+    assert emitter.stats().repaired == {"field_sanitized": 2, "field_dropped": 2}
+    assert emitter.stats().dropped == {}

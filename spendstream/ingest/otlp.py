@@ -64,6 +64,13 @@ image                   llm.token_count.{prompt,completion}_details.audio
   ``az.ai.openai``/``aws.bedrock``/``gcp.vertex_ai``: :data:`PROVIDER_NAMES` maps them to the
   provider ids genai-prices prices.
 
+**Sessions and traces.** ``trace_id``/``span_id`` are the span's own (hex, as W3C writes
+them), so the calls of one request across services share a ``trace_id``. ``session_id`` is
+the first of :attr:`MappingConfig.session_attributes` on the span, its ancestors or the
+resource (OTel ``session.id``, GenAI ``gen_ai.conversation.id``, OpenLLMetry's association
+property, Langfuse's, the Vercel AI SDK's metadata): control characters become spaces and it
+is cut to 256 characters, so an odd session id never costs the call.
+
 ``event_id`` is ``uuid5(trace_id + span_id)``: an exporter's retry of the same batch yields
 the same events, which the stores deduplicate.
 """
@@ -81,7 +88,14 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from ..events import MAX_LATENCY_MS, LLMCallEvent, Operation, Status, describe_error
+from ..events import (
+    _CONTROL,
+    MAX_LATENCY_MS,
+    LLMCallEvent,
+    Operation,
+    Status,
+    describe_error,
+)
 
 SPAN_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://spendstream.dev/otlp/span")
 """Namespace of span-derived event ids (fixed forever: changing it re-counts retries)."""
@@ -193,6 +207,14 @@ class MappingConfig:
     )
     team_attributes: tuple[str, ...] = ("spendstream.team", "team", "tenant.id")
     user_attributes: tuple[str, ...] = ("user.id", "enduser.id", "gen_ai.user.id")
+    session_attributes: tuple[str, ...] = (
+        "spendstream.session_id",
+        "session.id",
+        "gen_ai.conversation.id",
+        "traceloop.association.properties.session_id",
+        "langfuse.session.id",
+        "ai.telemetry.metadata.sessionId",
+    )
     default_endpoint: str = "otel"
     """Endpoint of a call none of whose spans names one."""
     default_service: str = "unknown-service"
@@ -473,6 +495,9 @@ def span_event(
         "operation": _operation(a),
         "team": _lookup(span, cfg.team_attributes, by_id),
         "user_id": _lookup(span, cfg.user_attributes, by_id),
+        "session_id": _session(_lookup(span, cfg.session_attributes, by_id)),
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex() if any(span.span_id) else None,
         "usage": usage,
         "usage_error": usage_error,
         "service_tier": _tier(a),
@@ -490,6 +515,13 @@ def _text(attrs: Mapping[str, Any], *keys: str) -> str | None:
         if isinstance(v, str) and v and len(v) <= MAX_ATTRIBUTE_CHARS:
             return v
     return None
+
+
+def _session(v: str | None) -> str | None:
+    """A session id the schema takes (printable, <= 256 characters), None if nothing is left."""
+    if v is None:
+        return None
+    return _CONTROL.sub(" ", v)[:256].strip() or None
 
 
 def _lookup(

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from ..events import LLMCallEvent
 from .asgi import SpendstreamMiddleware
 from .emitter import DropReason, Emitter, EmitterStats, MemoryEmitter
-from .tracking import CallContext, TrackedCall, call_context, classify_error
+from .tracking import CallContext, TrackedCall, call_context, classify_error, session
 from .usage import ExtractedUsage, NoUsage, StreamUsage, extract_usage
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "extract_usage",
     "flush",
     "get_emitter",
+    "session",
     "spendstream_lifespan",
     "track",
     "use_emitter",

@@ -18,10 +18,13 @@ uvicorn re-raises SIGTERM after its shutdown, so ``atexit`` never runs and, with
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .tracking import CallContext, _context
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 if TYPE_CHECKING:
     from .emitter import Emitter
@@ -38,6 +41,17 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def traceparent_trace_id(value: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header (version 00 form), None if malformed or
+    the all-zero invalid id: when OpenTelemetry is not installed, calls still join the trace
+    the caller started (the header's span is the caller's, so no span id is taken)."""
+    m = _TRACEPARENT.match(value.strip().lower()) if value else None
+    if m is None or value is None or value.strip()[:2].lower() == "ff":
+        return None
+    trace_id = m.group(1)
+    return trace_id if trace_id.strip("0") else None
+
+
 def route_template(scope: Scope) -> str | None:
     """The matched route's path template, or the raw path."""
     route = scope.get("route")
@@ -51,8 +65,10 @@ def route_template(scope: Scope) -> str | None:
 class SpendstreamMiddleware:
     """``app.add_middleware(SpendstreamMiddleware, service="billing")`` or wrap any ASGI app.
 
-    Headers name the team and the user (``x-team``, ``x-user-id`` by default); a header is
-    only trusted if your gateway sets it. At lifespan shutdown it waits up to
+    Headers name the team, the user and the session (``x-team``, ``x-user-id``,
+    ``x-session-id`` by default; ``session_header=None`` turns the last off); a header is only
+    trusted if your gateway sets it. A W3C ``traceparent`` header gives the trace id when no
+    OpenTelemetry span is current. At lifespan shutdown it waits up to
     ``flush_timeout_s`` for ``emitter`` (default: the process-wide one) to deliver what is
     queued; ``flush_timeout_s=None`` turns that off.
     """
@@ -65,6 +81,7 @@ class SpendstreamMiddleware:
         team_header: str = "x-team",
         user_header: str = "x-user-id",
         prompt_version_header: str | None = "x-prompt-version",
+        session_header: str | None = "x-session-id",
         tags: dict[str, str] | None = None,
         emitter: Emitter | None = None,
         flush_timeout_s: float | None = 5.0,
@@ -78,6 +95,7 @@ class SpendstreamMiddleware:
         self.prompt_header = (
             prompt_version_header.lower().encode() if prompt_version_header else None
         )
+        self.session_header = session_header.lower().encode() if session_header else None
         self.tags = tags or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,6 +117,8 @@ class SpendstreamMiddleware:
             team=header(self.team_header),
             user_id=header(self.user_header),
             prompt_version=header(self.prompt_header),
+            session_id=header(self.session_header),
+            trace_id=traceparent_trace_id(header(b"traceparent")),
             tags=self.tags,
             endpoint_resolver=lambda: route_template(scope),
         )

@@ -60,6 +60,10 @@ _FIT_CHECK_CHARS = TEXT_BUDGET_BYTES // 6
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _PROVIDER_BAD = re.compile(r"[^a-z0-9._-]+")
 _TAG_KEY = re.compile(rf"^[A-Za-z0-9_.:/-]{{1,{MAX_TAG_KEY_CHARS}}}$")
+_IDS = {"trace_id": 32, "span_id": 16}
+"""W3C id fields and their hex length: an id is either exactly right or useless (a guessed
+id would join the call to someone else's trace), so a bad one is dropped, never cut."""
+_HEX = re.compile(r"[0-9a-f]+\Z")
 _REQUIRED = {"service": "unknown", "endpoint": "unknown", "request_model": "unknown"}
 _TEXT_FIELDS = ("prompt_text", "response_text")
 _USAGE_KEYS = tuple(Usage.model_fields)
@@ -217,6 +221,8 @@ class _EventRepair:
         if name == "tags" and tries == 1:
             self.fields[name] = _clean_tags(value)
             return self._note(RepairReason.FIELD_SANITIZED, name)
+        if name in _IDS:
+            return self._fix_id(name, value, tries)
         if name == "provider":
             self.fields[name] = _provider(value)
             return self._note(RepairReason.FIELD_SANITIZED, name)
@@ -226,6 +232,16 @@ class _EventRepair:
         if isinstance(value, str) and tries == 1 and str(err.get("type", "")).startswith("string"):
             max_len = (err.get("ctx") or {}).get("max_length")
             self.fields[name] = clean_text(value, max_len if isinstance(max_len, int) else None)
+            return self._note(RepairReason.FIELD_SANITIZED, name)
+        return self._drop(name)
+
+    def _fix_id(self, name: str, value: Any, tries: int) -> bool:
+        """An upper-case or padded id is the same id (OTel's own format is lowercase hex);
+        anything else (wrong length, not hex, the all-zero invalid id) is dropped."""
+        fixed = value.strip().lower() if isinstance(value, str) else ""
+        same_id = len(fixed) == _IDS[name] and _HEX.match(fixed) and fixed.strip("0")
+        if tries == 1 and fixed != value and same_id:
+            self.fields[name] = fixed
             return self._note(RepairReason.FIELD_SANITIZED, name)
         return self._drop(name)
 

@@ -95,6 +95,10 @@ COLUMNS = (
     # the priced units' counts, one column each (cache_image_read_tokens: migration 0004),
     # named and ordered as the price book's EXTRA_FIELDS so row_of reads them by that list
     *EXTRA_FIELDS,
+    # migration 0005 (issue 17)
+    "session_id",
+    "trace_id",
+    "span_id",
 )
 Row = tuple[Any, ...]
 
@@ -169,6 +173,9 @@ def row_of(
         c.web_search if c else None,
         c.request if c else None,
         *(getattr(t, unit) for unit in EXTRA_FIELDS),
+        ev.session_id,
+        ev.trace_id,
+        ev.span_id,
     )
 
 

@@ -7,6 +7,14 @@ spreadsheet would read as a formula (starting with ``= + - @``, tab or CR) get a
 as the OWASP CSV-injection guidance says (a lone ``-``, the report's "none", is left as is).
 Groups are the columns themselves (``service, endpoint``), never their concatenation, so
 ``("a/v1", "/x")`` and ``("a", "/v1/x")`` stay two rows.
+
+``--by session`` and ``--by trace`` are the "most expensive sessions / requests" view
+(:func:`top_groups`): per session or trace the cost, calls, the services involved and the
+duration from the first call's start to the last call's end, the ``top`` dearest first. A RAG
+request is an embedding call, a rerank and a generation in three services: only a shared
+trace id sums them into one request's cost. Calls without a session (trace) id are not a
+group there. A session or trace that straddles ``--since``/``--until`` is counted for the calls
+inside the window only.
 """
 
 from __future__ import annotations
@@ -95,6 +103,125 @@ async def report(
         )
         for r in rows
     ]
+
+
+GROUP_COLUMNS = {"session": "session_id", "trace": "trace_id"}
+"""The groupings of :func:`top_groups` and their columns (indexed: migration 0005)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """One session or trace (request across services): what it cost and what it involved."""
+
+    key: str
+    cost_usd: Decimal
+    calls: int
+    services: tuple[str, ...]
+    first_ts: datetime
+    duration_ms: float
+    """First call's start to the last call's end (start + latency)."""
+    unpriced_calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopGroups:
+    """The ``top`` dearest groups of a window and the totals they are the top of."""
+
+    by: str
+    rows: list[GroupRow]
+    groups: int
+    """Sessions (traces) in the window, not only the ones shown."""
+    cost_usd: Decimal
+    """Their summed cost (the share of spend the shown ones are)."""
+
+
+async def top_groups(
+    conn: Any,
+    since: datetime,
+    until: datetime,
+    by: str,
+    top: int = 20,
+    tags: dict[str, str] | None = None,
+) -> TopGroups:
+    """The ``top`` most expensive sessions or traces of calls in [since, until)."""
+    if by not in GROUP_COLUMNS:
+        raise ValueError(f"top_groups groups by {' or '.join(GROUP_COLUMNS)}, not {by!r}")
+    col = GROUP_COLUMNS[by]
+    rows = await conn.fetch(
+        f"""
+        SELECT {col} AS key, coalesce(sum(cost_usd), 0) AS cost, count(*) AS calls,
+               array_agg(DISTINCT service ORDER BY service) AS services, min(ts) AS first_ts,
+               extract(epoch FROM max(ts + coalesce(latency_ms, 0) * interval '1 millisecond')
+                                  - min(ts)) * 1000 AS duration_ms,
+               count(*) FILTER (WHERE price_unknown) AS unpriced,
+               count(*) OVER () AS groups, sum(coalesce(sum(cost_usd), 0)) OVER () AS all_cost
+        FROM llm_calls
+        WHERE ts >= $1 AND ts < $2 AND {col} IS NOT NULL AND tags @> $3::jsonb
+        GROUP BY {col} ORDER BY cost DESC, key LIMIT $4
+        """,
+        since,
+        until,
+        json.dumps(tags or {}),
+        top,
+    )
+    out = [
+        GroupRow(
+            key=r["key"],
+            cost_usd=r["cost"],
+            calls=r["calls"],
+            services=tuple(r["services"]),
+            first_ts=r["first_ts"],
+            duration_ms=float(r["duration_ms"]),
+            unpriced_calls=r["unpriced"],
+        )
+        for r in rows
+    ]
+    groups = rows[0]["groups"] if rows else 0
+    return TopGroups(by, out, groups, rows[0]["all_cost"] if rows else Decimal(0))
+
+
+def groups_csv(top: TopGroups) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(
+        ("key", "cost_usd", "calls", "services", "first_ts", "duration_ms", "unpriced_calls")
+    )
+    for r in top.rows:
+        w.writerow(
+            (
+                csv_cell(r.key),
+                r.cost_usd,
+                r.calls,
+                csv_cell(" ".join(r.services)),
+                r.first_ts.isoformat(),
+                f"{r.duration_ms:.1f}",
+                r.unpriced_calls,
+            )
+        )
+    return out.getvalue()
+
+
+def groups_table(top: TopGroups) -> str:
+    """The dearest sessions/requests, then how much of the window's grouped spend they are."""
+    keys = [printable(r.key) for r in top.rows]
+    services = [printable(", ".join(r.services)) for r in top.rows]
+    width = max([len(top.by), 5, *(len(k) for k in keys)])
+    lines = [
+        f"{top.by:<{width}} {'cost USD':>14} {'calls':>7} {'duration ms':>12}  "
+        f"{'first call (UTC)':<19}  services"
+    ]
+    for key, svc, r in zip(keys, services, top.rows, strict=True):
+        unpriced = f"  ({r.unpriced_calls} unpriced)" if r.unpriced_calls else ""
+        lines.append(
+            f"{key:<{width}} {r.cost_usd:>14.6f} {r.calls:>7,} {r.duration_ms:>12.1f}  "
+            f"{r.first_ts:%Y-%m-%d %H:%M:%S}  {svc}{unpriced}"
+        )
+    shown = sum((r.cost_usd for r in top.rows), Decimal(0))
+    name = {"session": "sessions", "trace": "traces"}.get(top.by, top.by)
+    lines.append(
+        f"top {len(top.rows)} of {top.groups:,} {name}: {shown:.6f} of {top.cost_usd:.6f} USD"
+    )
+    return "\n".join(lines)
 
 
 HEADER = ("key", "cost_usd", "calls", "input_tokens", "output_tokens", "p95_latency_ms", "share")

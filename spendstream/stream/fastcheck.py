@@ -71,6 +71,8 @@ _Name = Annotated[str, Meta(min_length=1, max_length=128)]
 _Endpoint = Annotated[str, Meta(min_length=1, max_length=256)]
 _Provider = Annotated[str, Meta(min_length=1, max_length=64)]
 _Short = Annotated[str, Meta(max_length=256)]
+_TraceId = Annotated[str, Meta(min_length=32, max_length=32)]  # hex, nonzero: _ids_ok
+_SpanId = Annotated[str, Meta(min_length=16, max_length=16)]
 _Tok = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
 _Searches = Annotated[int, Meta(ge=0, le=100_000)]
 _Ms = Annotated[float, Meta(ge=0, le=MAX_LATENCY_MS)]
@@ -118,6 +120,9 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     user_id: _Short | None = None
     tags: _Tags = msgspec.field(default_factory=dict)
     prompt_version: _Name | None = None
+    session_id: _Short | None = None
+    trace_id: _TraceId | None = None
+    span_id: _SpanId | None = None
     usage: WireUsage = msgspec.field(default_factory=WireUsage)
     usage_error: _Short | None = None
     service_tier: ServiceTier | None = None
@@ -150,6 +155,7 @@ _TIMESTAMP: Final = re.compile(
 )
 """The timestamps taken here (fullmatch); ``datetime.fromisoformat`` then checks the calendar."""
 _PROVIDER: Final = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_HEX: Final = re.compile(r"[0-9a-f]+")
 _MONEY: Final = re.compile(r"[0-9]{1,7}(?:\.[0-9]{1,30})?")
 _NAMED: Final = (
     "service",
@@ -159,6 +165,7 @@ _NAMED: Final = (
     "team",
     "user_id",
     "prompt_version",
+    "session_id",
     "usage_error",
     "error_type",
     "requested_model",
@@ -185,6 +192,8 @@ def read_line(line: bytes) -> WireEvent | None:
     if (not line.isascii() or line.find(b"\\") >= 0 or line.find(b"\x7f") >= 0) and _has_control(w):
         return None
     if w.tags and not _tags_ok(w.tags):
+        return None
+    if (w.trace_id is not None or w.span_id is not None) and not _ids_ok(w):
         return None
     if w.provider_cost_usd is not None or w.cache_saved_usd is not None:
         cost, saved = _money(w.provider_cost_usd), _money(w.cache_saved_usd)
@@ -243,6 +252,15 @@ def _has_control(w: WireEvent) -> bool:
     texts = [v for k in _NAMED if (v := getattr(w, k)) is not None]
     texts.extend(w.tags.values())
     return _CONTROL.search("".join(texts)) is not None
+
+
+def _ids_ok(w: WireEvent) -> bool:
+    """``LLMCallEvent._valid_id`` and the id patterns: lowercase hex, not all zero (the lengths
+    are msgspec's)."""
+    for v in (w.trace_id, w.span_id):
+        if v is not None and (not _HEX.fullmatch(v) or not v.strip("0")):
+            return False
+    return True
 
 
 def _tags_ok(tags: dict[str, str]) -> bool:
