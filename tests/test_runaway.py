@@ -1,0 +1,129 @@
+"""The runaway-session rule on dicts (no stack): a loop fires once naming its session and
+resolves after it stops; a busy legitimate session and one expensive call do not fire; the
+state stays bounded with 100,000 distinct sessions; sessions survive the window's storage."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from spendstream.alerts import Alert
+from spendstream.stream.rules import RuleConfig, ScopeRules
+from spendstream.stream.runaway import TRACK
+from spendstream.stream.windows import TOP_SESSIONS, Agg
+
+SCOPE = "endpoint:agent/run"
+COST = 2_000_000_000  # $0.002 per call
+
+
+class Endpoint:
+    """An endpoint with ~40 people, each calling about once a minute at a varied cost."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = random.Random(seed)
+        self.rules = ScopeRules(RuleConfig())
+        self.state: dict[str, Any] = {}
+        self.minute = 0
+        self.people = 0
+
+    def minute_agg(self, extra: dict[str, list[int]]) -> Agg:
+        a = Agg()
+        for _ in range(40):  # 40 people active this minute, from a rotating population
+            self.people += 1
+            sid = f"u-{self.people % 400}"
+            cost = int(COST * self.rng.lognormvariate(0, 0.8))
+            a.sessions[sid] = [cost, 1]
+        a.sessions.update(extra)
+        for sp, n in a.sessions.values():
+            a.spend += sp
+            a.calls += n
+        a.models = {"m": a.spend}
+        return Agg.from_dict(a.to_dict())  # as stage 1 stores it: top sessions + the rest
+
+    def run(self, minutes: int, extra: dict[str, list[int]] | None = None) -> list[Alert]:
+        out: list[Alert] = []
+        for _ in range(minutes):
+            agg = self.minute_agg(dict(extra or {}))
+            out += self.rules.close_minute(SCOPE, self.state, self.minute, agg)
+            self.minute += 1
+        return [a for a in out if a.rule == "runaway_session"]
+
+
+def test_an_agent_loop_fires_once_with_its_session_id_and_resolves_when_it_stops() -> None:
+    ep = Endpoint()
+    assert ep.run(120) == []  # warm-up: people only
+    start = ep.minute
+    # every 5 s for 30 minutes: 12 calls/min at the usual cost per call
+    fired = ep.run(30, {"agent-7f3c": [12 * COST, 12]})
+    after = ep.run(30)
+    assert [(a.status, a.details["session_id"]) for a in fired] == [("firing", "agent-7f3c")]
+    a = fired[0]
+    assert a.scope == SCOPE and "session agent-7f3c" in a.message
+    assert a.severity in ("warning", "critical")
+    assert start + 7 <= a.window_start.timestamp() / 60 <= start + 10  # 8 active minutes
+    assert int(a.details["calls"]) >= 96
+    assert [(r.status, r.alert_id) for r in after] == [("resolved", a.alert_id)]
+    assert after[0].window_start.timestamp() / 60 <= start + 30 + 10
+
+
+def test_a_busy_legitimate_session_and_one_expensive_call_do_not_fire() -> None:
+    ep = Endpoint()
+    ep.run(120)
+    # a person for an hour: 2 calls/min at 3× the usual cost (long context)
+    assert ep.run(60, {"power-user": [6 * COST, 2]}) == []
+    # one enormous call, then nothing: 50× the usual cost
+    assert ep.run(1, {"one-off": [50 * COST, 1]}) == []
+    assert ep.run(20) == []
+
+
+def test_no_history_never_fires() -> None:
+    ep = Endpoint()
+    assert ep.run(12, {"agent-early": [12 * COST, 12]}) == []
+
+
+def test_a_loop_that_pauses_briefly_is_one_episode() -> None:
+    ep = Endpoint()
+    ep.run(120)
+    loop = {"agent-1": [12 * COST, 12]}
+    out = ep.run(20, loop) + ep.run(3) + ep.run(20, loop) + ep.run(30)
+    assert [(a.status, a.details["session_id"]) for a in out] == [
+        ("firing", "agent-1"),
+        ("resolved", "agent-1"),
+    ]
+
+
+def test_state_stays_bounded_with_100k_distinct_sessions() -> None:
+    rules = ScopeRules(RuleConfig())
+    state: dict[str, Any] = {}
+    rng = random.Random(1)
+    sizes = []
+    for m in range(100):  # 1,000 new sessions every minute: 100,000 in all
+        a = Agg()
+        for i in range(1000):
+            a.sessions[f"{m:03d}-{i:04d}-{'x' * 200}"] = [int(COST * rng.lognormvariate(0, 1)), 1]
+        a.spend = sum(v[0] for v in a.sessions.values())
+        a.calls = 1000
+        stored = a.to_dict()
+        assert len(stored["ss"]) == TOP_SESSIONS and stored["sr"][0] == 1000 - TOP_SESSIONS
+        assert sum(v[0] for v in stored["ss"].values()) + stored["sr"][1] == a.spend
+        rules.close_minute(SCOPE, state, m, Agg.from_dict(stored))
+        sizes.append(len(json.dumps(state["rw"])))
+    assert len(state["rw"]["t"]) <= TRACK
+    assert max(sizes) < 70_000  # 24 tracked × 10 minutes × ~210-character ids, at most
+    assert max(sizes[50:]) <= max(sizes[:50]) * 1.2  # flat: not growing with sessions seen
+
+
+def test_sessions_merge_and_old_windows_without_sessions_still_read() -> None:
+    old = {"spend": 5, "calls": 1, "models": {"m": 5}}  # a window stored before sessions
+    a = Agg.from_dict(old)
+    assert a.sessions == {} and a.srest == [0, 0, 0] and "ss" not in a.to_dict()
+    b = Agg()
+    b.sessions = {"s1": [10, 2], "s2": [3, 1]}
+    c = Agg()
+    c.sessions = {"s1": [1, 1]}
+    c.srest = [4, 40, 5]
+    b.merge(c)
+    assert b.sessions == {"s1": [11, 3], "s2": [3, 1]} and b.srest == [4, 40, 5]
+    b.merge(c, sessions=False)
+    assert b.sessions == {"s1": [11, 3], "s2": [3, 1]}
