@@ -127,3 +127,37 @@ def test_sessions_merge_and_old_windows_without_sessions_still_read() -> None:
     assert b.sessions == {"s1": [11, 3], "s2": [3, 1]} and b.srest == [4, 40, 5]
     b.merge(c, sessions=False)
     assert b.sessions == {"s1": [11, 3], "s2": [3, 1]}
+
+
+def test_the_rule_runs_on_the_workers_pipeline_from_wire_events() -> None:
+    """Events with session ids through the wire, the fast reader, stage 1's windows and stage 2
+    (``offline.run``: the worker's code without Faust): the loop pages once, by session id."""
+    from datetime import UTC, datetime, timedelta
+
+    from spendstream.events import LLMCallEvent, Usage
+    from spendstream.stream.offline import records_of, run
+
+    t0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    rng = random.Random(5)
+    events = []
+
+    def call(at: datetime, sid: str) -> LLMCallEvent:
+        tokens = int(800 * rng.lognormvariate(0, 0.6))
+        return LLMCallEvent(timestamp=at, service="agent", endpoint="/run", provider="openai",
+                            request_model="gpt-4o", session_id=sid,
+                            usage=Usage(input_tokens=tokens, output_tokens=200))  # fmt: skip
+
+    for m in range(150):
+        for p in range(30):  # 30 people, about a call a minute each
+            if rng.random() < 0.8:
+                events.append(call(t0 + timedelta(minutes=m, seconds=rng.uniform(0, 59)), f"u{p}"))
+        if 90 <= m < 110:  # the loop: every 5 s for 20 minutes
+            events += [
+                call(t0 + timedelta(minutes=m, seconds=5 * k), "agent-loop") for k in range(12)
+            ]
+    events.sort(key=lambda e: e.timestamp)
+    res = run(records_of(events, 4), raw_partitions=4, stage2_partitions=2)
+    got = [
+        (a.status, a.details.get("session_id")) for a in res.alerts if a.rule == "runaway_session"
+    ]
+    assert got == [("firing", "agent-loop"), ("resolved", "agent-loop")]
