@@ -155,16 +155,17 @@ def run(
     alerts: list[Alert] = []
     for m in range(days * DAY):
         alerts += rules.close_minute(SCOPE, state, m, mins.get(m) or Agg())
-    return loops, [a for a in alerts if a.rule == "runaway_session"], cost
+    return loops, alerts, cost
 
 
 def score(loops: list[Loop], alerts: list[Alert], cfg: RuleConfig, cost: float) -> dict[str, Any]:
-    firing = [a for a in alerts if a.status == "firing"]
+    firing = [a for a in alerts if a.status == "firing" and a.rule == "runaway_session"]
+    other = [a.window_start.timestamp() / 60 for a in alerts if a.status == "firing"]
     by_sid: dict[str, list[Alert]] = {}
     for a in firing:
         by_sid.setdefault(a.details["session_id"], []).append(a)
     floor = float(usd_to_pico(cfg.runaway_usd_per_day))
-    hit, reach, reach_hit, delays, pages = 0, 0, 0, [], 0
+    hit, reach, reach_hit, delays, pages, endpoint = 0, 0, 0, [], 0, 0
     for lp in loops:
         got = [
             a
@@ -182,6 +183,8 @@ def score(loops: list[Loop], alerts: list[Alert], cfg: RuleConfig, cost: float) 
             hit += 1
             reach_hit += within
             delays.append(got[0].window_end.timestamp() / 60 - lp.start)
+        elif any(lp.start <= t <= lp.end + cfg.runaway_minutes for t in other):
+            endpoint += 1  # missed here, but the endpoint's own detector paged during it
     false = [
         a
         for a in firing
@@ -189,7 +192,8 @@ def score(loops: list[Loop], alerts: list[Alert], cfg: RuleConfig, cost: float) 
         and a.window_start.timestamp() >= DAY * 60
     ]
     return {"loops": len(loops), "hit": hit, "reach": reach, "reach_hit": reach_hit,
-            "delays": delays, "false": len(false), "pages": pages}  # fmt: skip
+            "delays": delays, "false": len(false), "pages": pages,
+            "endpoint": endpoint}  # fmt: skip
 
 
 def main() -> None:
@@ -202,12 +206,12 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.process_time()
     print("| calls/min | loops | detected | recall | within reach | recall in reach | "
-          "pages/loop | false pages/week | median delay |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "pages/loop | false pages/week | median delay | missed, endpoint paged |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     worst_recall, worst_false = 1.0, 0.0
     for scale in (float(s) for s in args.scales.split(",")):
         tot: dict[str, Any] = {"loops": 0, "hit": 0, "reach": 0, "reach_hit": 0, "delays": [],
-                               "false": 0, "pages": 0}  # fmt: skip
+                               "false": 0, "pages": 0, "endpoint": 0}  # fmt: skip
         for seed in seeds:
             loops, alerts, cost = run(seed, scale, args.days, cfg)
             for k, v in score(loops, alerts, cfg, cost).items():
@@ -219,7 +223,7 @@ def main() -> None:
         print(
             f"| {scale:.0f} | {tot['loops']} | {tot['hit']} | {tot['hit'] / tot['loops']:.2f} | "
             f"{tot['reach']} | {tot['reach_hit']} / {tot['reach']} = {rr:.2f} | "
-            f"{tot['pages'] / max(tot['hit'], 1):.2f} | {fpw:.2f} | {delay} |"
+            f"{tot['pages'] / max(tot['hit'], 1):.2f} | {fpw:.2f} | {delay} | {tot['endpoint']} |"
         )
         worst_recall, worst_false = min(worst_recall, rr), max(worst_false, fpw)
         result(f"runaway recall in reach at {scale:.0f} calls/min", rr, "share", ">= 0.95")

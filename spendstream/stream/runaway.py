@@ -14,15 +14,28 @@ over about a day (:data:`SPAN`). A session's statistic is its spend over the tra
 ``runaway_minutes`` (idle minutes count as zero) divided by the window: a loop is active
 every minute, a person is not, so the comparison is already conservative for people.
 
-**When it fires.** Robust, on the log scale: the threshold is the histogram's median times
-``max(runaway_ratio, 2^(3·σ))`` with σ = 1.4826·MAD (log₂): three robust standard deviations
-of the spread of one active minute, though the session's figure is a mean over the whole
-window (whose spread is smaller still). The session must also *keep going* — calls in ≥ 80%
-of the window's minutes and ≥ ``runaway_min_calls`` calls in it (an agent loop, not one
-expensive call) — and its rate projected over a day must reach ``runaway_usd_per_day``. No
-fire before ``min_baseline_minutes`` minutes with sessions and 50 observations. Critical when
-the rate is also material for the organisation (the detector's :func:`.detector.material`),
-else a warning. A session over the threshold teaches the histogram nothing.
+**When it fires.** Robust, on the log scale, from the histogram's median m and σ = 1.4826·MAD
+(log₂ → nats): the threshold is ``e^m · max(runaway_ratio, e^{σ²/2}·(1 + Z·√((e^{σ²}−1)/A)))``,
+i.e. at least ×``runaway_ratio`` the typical session-minute, and :data:`Z` standard errors above
+the mean of ``A`` = 80% of the window's active minutes of a log-normal session with that spread
+(the session's figure is a mean over the window, so its spread is that of a mean, not of one
+minute: with one minute's 3·σ the bound was ×20 the median at σ ≈ 1 and a loop of 25 calls/min
+was needed). The session must also *keep going*: calls in ≥ 80% of the window's minutes and ≥
+``runaway_min_calls`` (60: a call every ≤ 10 s for the whole window) in it — an agent loop, not
+one expensive call nor a person reading answers; with 40 the bench's long human sessions at a
+call every 15–20 s paged ~2×/day at 100 calls/min — and its rate projected over a day must reach
+``runaway_usd_per_day``. No fire before ``min_baseline_minutes`` minutes with sessions and
+:data:`MIN_OBS` observations. Critical when the rate is also material for the organisation (the
+detector's :func:`.detector.material`), else a warning. A session over the threshold (or open)
+teaches the histogram nothing.
+
+**Tracking.** Each minute the window's top sessions join the tracked set; it keeps the
+:data:`TRACK` with the largest window spend × share of minutes active since first seen (a loop
+that just started outranks an expensive one-off call, whose score decays as 1/minutes; ranking
+by window spend alone evicted a starting loop every minute at 100 calls/min). Approximation: a
+session outside its minute's top 16 counts as idle that minute, so on a busy endpoint
+(~1,000 calls/min, ~800 sessions a minute) a loop must out-spend the top 2% of session-minutes
+to be seen; with 32 kept, recall there rose 0.67 → 0.80 but false pages doubled.
 
 **One alert per episode**, naming the session in the message and details (alerts are no
 Prometheus series, so a session id is allowed there; scope stays the endpoint). It resolves
@@ -31,12 +44,13 @@ after ``resolve_minutes`` minutes in a row with the trailing rate under half the
 episode of the same session is a new alert. At most :data:`MAX_OPEN` open per endpoint
 (a deploy that makes every session loop is the endpoint detector's incident).
 
-**Bounded state** per endpoint: ≤ ~60 histogram bins, ≤ :data:`TRACK` tracked sessions (the
-biggest by window spend, plus the open ones) × ≤ ``runaway_minutes`` active minutes each:
-≤ ~5 KB JSON with UUID ids, whatever the number of sessions (tests: 100,000 distinct).
+**Bounded state** per endpoint: ≤ ~60 histogram bins (15 with 1,000 sessions a minute),
+≤ :data:`TRACK` tracked sessions plus the open ones × ≤ ``runaway_minutes`` active minutes each:
+≤ 24 × (40 + 10 × 30) B ≈ 8 KB JSON with UUID ids whatever the number of sessions; 1.8 KB
+measured with 1,000 new UUID sessions a minute for 300 minutes (the test: 100,000 distinct).
 
-**Measured** (``python bench/runaway_quality.py``; see its docstring for the traffic): see
-the README's "How the detector decides" for the table; summary in :data:`MEASURED`.
+**Measured** with ``python bench/runaway_quality.py --seeds 0,1,2,3,4 --days 4`` (one endpoint,
+5 seeds × 3 scored days per scale; see its docstring for the traffic): see :data:`MEASURED`.
 """
 
 from __future__ import annotations
