@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from spendstream.alerts import Alert
+from spendstream.config import Settings
 from spendstream.stream.rules import RuleConfig, ScopeRules
 from spendstream.stream.runaway import TRACK
 from spendstream.stream.windows import TOP_SESSIONS, Agg
@@ -129,13 +133,12 @@ def test_sessions_merge_and_old_windows_without_sessions_still_read() -> None:
     assert b.sessions == {"s1": [11, 3], "s2": [3, 1]}
 
 
-def test_the_rule_runs_on_the_workers_pipeline_from_wire_events() -> None:
-    """Events with session ids through the wire, the fast reader, stage 1's windows and stage 2
-    (``offline.run``: the worker's code without Faust): the loop pages once, by session id."""
+def loop_events() -> list[Any]:
+    """150 minutes of 30 people on ``agent/run`` and, from minute 90 to 110, a session calling
+    every 5 s (wire events with session ids)."""
     from datetime import UTC, datetime, timedelta
 
     from spendstream.events import LLMCallEvent, Usage
-    from spendstream.stream.offline import records_of, run
 
     t0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
     rng = random.Random(5)
@@ -152,12 +155,37 @@ def test_the_rule_runs_on_the_workers_pipeline_from_wire_events() -> None:
             if rng.random() < 0.8:
                 events.append(call(t0 + timedelta(minutes=m, seconds=rng.uniform(0, 59)), f"u{p}"))
         if 90 <= m < 110:  # the loop: every 5 s for 20 minutes
-            events += [
-                call(t0 + timedelta(minutes=m, seconds=5 * k), "agent-loop") for k in range(12)
-            ]
+            loop = [call(t0 + timedelta(minutes=m, seconds=5 * k), "agent-loop") for k in range(12)]
+            events += loop
     events.sort(key=lambda e: e.timestamp)
-    res = run(records_of(events, 4), raw_partitions=4, stage2_partitions=2)
-    got = [
-        (a.status, a.details.get("session_id")) for a in res.alerts if a.rule == "runaway_session"
-    ]
-    assert got == [("firing", "agent-loop"), ("resolved", "agent-loop")]
+    return events
+
+
+def runaway_alerts(alerts: list[Any]) -> list[tuple[str, str | None]]:
+    return [(a.status, a.details.get("session_id")) for a in alerts if a.rule == "runaway_session"]
+
+
+def test_the_rule_runs_on_the_workers_pipeline_from_wire_events() -> None:
+    """Events with session ids through the wire, the fast reader, stage 1's windows and stage 2
+    (``offline.run``: the worker's code without Faust): the loop pages once, by session id."""
+    from spendstream.stream.offline import records_of, run
+
+    res = run(records_of(loop_events(), 4), raw_partitions=4, stage2_partitions=2)
+    assert runaway_alerts(res.alerts) == [("firing", "agent-loop"), ("resolved", "agent-loop")]
+
+
+@pytest.mark.stack
+@pytest.mark.slow
+def test_the_real_worker_pages_the_loop_once(stack: Settings, tmp_path: Path) -> None:
+    """The same events replayed through a real worker on the broker."""
+    from spendstream.stream.offline import records_of, run
+    from tests.test_worker import replay_through_worker
+
+    events = loop_events()
+    path = tmp_path / "loop.jsonl"
+    path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
+    offline = run(records_of(events, 12))
+    alerts, _ = replay_through_worker(
+        stack, path, len(offline.windows), ["--max-speed"], tmp_path, n_workers=1
+    )
+    assert runaway_alerts(alerts) == [("firing", "agent-loop"), ("resolved", "agent-loop")]
