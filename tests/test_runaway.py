@@ -189,3 +189,47 @@ def test_the_real_worker_pages_the_loop_once(stack: Settings, tmp_path: Path) ->
         stack, path, len(offline.windows), ["--max-speed"], tmp_path, n_workers=1
     )
     assert runaway_alerts(alerts) == [("firing", "agent-loop"), ("resolved", "agent-loop")]
+
+
+def test_only_endpoint_windows_carry_sessions() -> None:
+    """Stage 1's record aggregate: sessions in the endpoint scope, none in model/service/team/
+    global (the rule reads endpoints only, and global:all must not carry session ids)."""
+    from datetime import UTC, datetime
+
+    from spendstream.events import LLMCallEvent, Usage
+    from spendstream.stream.enrich import Enricher
+    from spendstream.stream.windows import RecordAggregate
+
+    at = datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC)
+    events = [
+        LLMCallEvent(
+            timestamp=at,
+            service="svc",
+            endpoint="/chat",
+            provider="openai",
+            request_model="gpt-4o-mini",
+            team="cx",
+            session_id=f"s{i % 3}",
+            usage=Usage(input_tokens=100, output_tokens=10),
+        )
+        for i in range(7)
+    ] + [
+        LLMCallEvent(
+            timestamp=at,
+            service="svc",
+            endpoint="/chat",
+            provider="openai",
+            request_model="gpt-4o-mini",
+            team="cx",
+            usage=Usage(input_tokens=100, output_tokens=10),
+        )
+    ]
+    enricher = Enricher()
+    calls = [enricher.enrich(e, e.to_json()) for e in events]
+    rec = RecordAggregate()
+    rec.add_calls(calls)
+    by_scope = {scope: agg for (scope, _), agg in rec.items()}
+    ep = by_scope.pop("endpoint:svc/chat")
+    assert {k: v[1] for k, v in ep.sessions.items()} == {"s0": 3, "s1": 2, "s2": 2}
+    assert sum(v[0] for v in ep.sessions.values()) == sum(c.cost_pico for c in calls[:7])
+    assert by_scope and all(a.sessions == {} and "ss" not in a.to_dict() for a in by_scope.values())
