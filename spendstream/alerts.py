@@ -17,7 +17,15 @@ from .scopes import minute_dt as minute_dt  # re-exported: the alert modules imp
 
 _NS = uuid.UUID("0b6f3c52-77a4-4f0e-9a43-6b1c2b8d5e01")
 
-Rule = Literal["spend_spike", "model_mix", "error_storm", "call_storm", "budget", "price_unknown"]
+Rule = Literal[
+    "spend_spike",
+    "model_mix",
+    "error_storm",
+    "call_storm",
+    "budget",
+    "price_unknown",
+    "runaway_session",
+]
 Severity = Literal["info", "warning", "critical"]
 
 

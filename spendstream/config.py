@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     alert_cooldown_minutes: int = Field(10, ge=0)
     alert_material_share: float = Field(0.02, ge=0)
     alert_material_usd_per_day: Decimal = Field(Decimal("0"), ge=0)
+    alert_runaway_minutes: int = Field(10, ge=2)
+    alert_runaway_ratio: float = Field(4.0, gt=1)
+    alert_runaway_min_calls: int = Field(60, ge=2)
+    alert_runaway_usd_per_day: Decimal = Field(Decimal("1"), ge=0)
     alert_webhook_url: SecretStr | None = None
     """Relay target when neither ``--webhook`` nor ``--webhook-file`` is given (not in argv)."""
     alert_relay_max_per_minute: int = Field(20, ge=1)
@@ -224,6 +228,10 @@ class Settings(BaseSettings):
             cooldown_minutes=self.alert_cooldown_minutes,
             material_share=self.alert_material_share,
             material_usd_per_day=self.alert_material_usd_per_day,
+            runaway_minutes=self.alert_runaway_minutes,
+            runaway_ratio=self.alert_runaway_ratio,
+            runaway_min_calls=self.alert_runaway_min_calls,
+            runaway_usd_per_day=self.alert_runaway_usd_per_day,
             budgets=self.budgets,
         )
 
@@ -238,7 +246,7 @@ class Settings(BaseSettings):
                 usd_to_pico(usd)
         return v
 
-    @field_validator("alert_material_usd_per_day")
+    @field_validator("alert_material_usd_per_day", "alert_runaway_usd_per_day")
     @classmethod
     def _material_is_whole_picodollars(cls, v: Decimal) -> Decimal:
         usd_to_pico(v)

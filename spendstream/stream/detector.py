@@ -74,6 +74,14 @@ class DetectorConfig:
     cooldown_minutes: int = 10
     material_share: float = 0.02
     material_usd_per_day: Decimal = Decimal("0")
+    runaway_minutes: int = 10
+    """Trailing window of the runaway-session rule (:mod:`.runaway`)."""
+    runaway_ratio: float = 4.0
+    """A runaway session spends at least this × a typical session's rate (and 3 robust σ)."""
+    runaway_min_calls: int = 60
+    """Calls in the window a runaway session needs (a loop, not one expensive call)."""
+    runaway_usd_per_day: Decimal = Decimal("1")
+    """A session's rate projected over a day must reach this to page."""
 
 
 @dataclass(frozen=True, slots=True)

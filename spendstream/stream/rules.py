@@ -13,6 +13,9 @@ worker keeps in a Faust table.
 - **budget** (scopes with a configured hourly/daily budget): the spend so far in the hour/day
   plus the last 5 minutes' rate projected to its end exceeds the budget; ``critical`` once the
   budget is spent. Resolves when the projection is back under budget.
+- **runaway_session** (endpoint scopes with session ids; :mod:`.runaway`): one session's spend
+  rate over the trailing ``runaway_minutes`` far above the endpoint's other sessions, sustained
+  over many calls (an agent loop). One alert per session episode, naming the session.
 - **price_unknown** (model scopes): calls to a model without a price. Fires at once, resolves
   after ``resolve_minutes`` × 3 minutes without such calls.
 
@@ -35,6 +38,7 @@ from ..alerts import Alert, Contributor, Rule, Severity, alert_id
 from ..money import pico_to_usd, usd_to_pico
 from ..scopes import GLOBAL, endpoint_service, minute_dt, service_scope
 from .detector import SIG, DetectorConfig, Org, hold, learn, material, seasonal, signals, usd
+from .runaway import RunawayRule
 from .windows import OTHER, Agg, top_with_other
 
 HIST_KEEP = 5
@@ -145,6 +149,7 @@ class ScopeRules:
     def __init__(self, cfg: RuleConfig) -> None:
         self.cfg = cfg
         self.dcfg: DetectorConfig = cfg
+        self.runaway = RunawayRule(cfg)
 
     def close_minute(
         self, scope: str, state: dict[str, Any], minute: int, agg: Agg, org: Org | None = None
@@ -154,6 +159,10 @@ class ScopeRules:
         alerts: list[Alert] = []
         if scope.startswith("endpoint:"):
             alerts += self._anomaly(scope, state, minute, agg, org)
+            if agg.sessions or agg.srest[0] or "rw" in state:
+                alerts += self.runaway.close_minute(
+                    scope, state.setdefault("rw", {}), minute, agg, org
+                )
         if scope.startswith("model:"):
             alerts += self._price_unknown(scope, state, minute, agg)
         if scope in self.cfg.budgets:
@@ -174,6 +183,8 @@ class ScopeRules:
         rate. (The detector's baselines count an empty minute lazily, as a zero.)"""
         d = state.get("d") or {}
         if d.get("inc") is not None or d.get("s"):
+            return True
+        if (state.get("rw") or {}).get("open"):
             return True
         if state.get("unknown_alert") is not None or state.get("budget_alert") is not None:
             return True

@@ -20,6 +20,13 @@ schema (model ≤ 128, prompt version ≤ 256 characters), one scope's serialise
 partition-minute made a 1 MiB changelog record and crashed every worker (issue 13).
 Per-name figures beyond the top are therefore approximate across partitions (a name in one
 partition's top may sit in another's ``OTHER``); every total stays exact.
+
+Sessions (issue 17, the runaway-session rule of :mod:`.runaway`): endpoint windows only keep
+``sessions`` (session id → [spend, calls]) for their top :data:`TOP_SESSIONS` sessions by spend
+and fold the rest into ``srest`` = [sessions, spend, calls]. The raw topic is keyed by
+service/endpoint, so all sessions of an endpoint meet in one stage-1 partition and the top is
+exact there. Bound: 16 × (id ≤ 256 characters + ~30 B) ≤ ~4.6 KB per endpoint-minute (~1 KB with
+UUID ids) whatever the number of sessions; other scopes carry none.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ if TYPE_CHECKING:
 
 TOP_USERS = 10
 """Users kept per window partial (by spend); contributor lists are approximate beyond that."""
+TOP_SESSIONS = 16
+"""Sessions kept per endpoint window partial (by spend); the rest are counted in ``srest``."""
 TOP_NAMES = 20
 """Models and prompt versions kept per window partial (by spend); the rest goes to OTHER."""
 OTHER = "(other)"
@@ -71,7 +80,9 @@ class Agg:
         "out",
         "pv",
         "rs",
+        "sessions",
         "spend",
+        "srest",
         "unknown",
         "users",
     )
@@ -90,6 +101,10 @@ class Agg:
         self.models: dict[str, int] = {}
         self.pv: dict[str, int] = {}
         self.users: dict[str, int] = {}
+        self.sessions: dict[str, list[int]] = {}
+        """Session id → [spend, calls] (endpoint scopes only; top TOP_SESSIONS when stored)."""
+        self.srest: list[int] = [0, 0, 0]
+        """[sessions, spend, calls] of the sessions folded out of ``sessions``."""
 
     def add_call(self, c: EnrichedCall) -> None:
         ev, t = c.event, c.tokens
@@ -113,8 +128,17 @@ class Agg:
             self.pv[ev.prompt_version] = self.pv.get(ev.prompt_version, 0) + cost
         if ev.user_id:
             self.users[ev.user_id] = self.users.get(ev.user_id, 0) + cost
+        sid = ev.session_id
+        if sid:
+            cur = self.sessions.get(sid)
+            if cur is None:
+                self.sessions[sid] = [cost, 1]
+            else:
+                cur[0] += cost
+                cur[1] += 1
 
-    def merge(self, o: Agg) -> None:
+    def merge(self, o: Agg, sessions: bool = True) -> None:
+        """Add ``o``; ``sessions=False`` leaves its sessions out (scopes other than endpoints)."""
         self.spend += o.spend
         self.calls += o.calls
         self.errors += o.errors
@@ -128,6 +152,18 @@ class Agg:
         for src, dst in ((o.models, self.models), (o.pv, self.pv), (o.users, self.users)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
+        if sessions and (o.sessions or o.srest[0]):
+            self._merge_sessions(o)
+
+    def _merge_sessions(self, o: Agg) -> None:
+        for k, (sp, n) in o.sessions.items():
+            cur = self.sessions.get(k)
+            if cur is None:
+                self.sessions[k] = [sp, n]
+            else:
+                cur[0] += sp
+                cur[1] += n
+        self.srest = [a + b for a, b in zip(self.srest, o.srest, strict=True)]
 
     def trim(self) -> None:
         if len(self.models) > TOP_NAMES:
@@ -137,10 +173,20 @@ class Agg:
         if len(self.users) > TOP_USERS:
             top = sorted(self.users.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_USERS]
             self.users = dict(top)
+        if len(self.sessions) > TOP_SESSIONS:
+            ranked = sorted(self.sessions.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
+            rest = ranked[TOP_SESSIONS:]
+            self.sessions = dict(ranked[:TOP_SESSIONS])
+            n, sp, c = self.srest
+            self.srest = [
+                n + len(rest),
+                sp + sum(v[0] for _, v in rest),
+                c + sum(v[1] for _, v in rest),
+            ]
 
     def to_dict(self) -> dict[str, Any]:
         self.trim()
-        return {
+        out: dict[str, Any] = {
             "spend": self.spend,
             "calls": self.calls,
             "errors": self.errors,
@@ -155,6 +201,10 @@ class Agg:
             "pv": self.pv,
             "users": self.users,
         }
+        if self.sessions or self.srest[0]:  # absent when untracked: old records read the same
+            out["ss"] = self.sessions
+            out["sr"] = self.srest
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Agg:
@@ -164,14 +214,18 @@ class Agg:
         a.models = {str(k): int(v) for k, v in d.get("models", {}).items()}
         a.pv = {str(k): int(v) for k, v in d.get("pv", {}).items()}
         a.users = {str(k): int(v) for k, v in d.get("users", {}).items()}
+        a.sessions = {str(k): [int(v[0]), int(v[1])] for k, v in d.get("ss", {}).items()}
+        a.srest = [int(v) for v in d.get("sr", (0, 0, 0))]
         return a
 
-    def copy(self) -> Agg:
+    def copy(self, sessions: bool = True) -> Agg:
         a = Agg.__new__(Agg)
         a.spend, a.calls, a.errors = self.spend, self.calls, self.errors
         a.inp, a.out, a.cr, a.cw, a.rs = self.inp, self.out, self.cr, self.cw, self.rs
         a.unknown, a.est = self.unknown, self.est
         a.models, a.pv, a.users = dict(self.models), dict(self.pv), dict(self.users)
+        a.sessions = {k: list(v) for k, v in self.sessions.items()} if sessions else {}
+        a.srest = list(self.srest) if sessions else [0, 0, 0]
         return a
 
 
@@ -198,13 +252,14 @@ class RecordAggregate:
             agg.add_call(c)
         self.max_ts = max_ts
         for (service, endpoint, provider, model, team, minute), agg in sigs.items():
-            for scope in call_scopes(service, endpoint, provider, model, team):
+            # sessions only in the endpoint scope (the first): the runaway rule's
+            for i, scope in enumerate(call_scopes(service, endpoint, provider, model, team)):
                 key = (scope, minute)
                 cur = self.by_key.get(key)
                 if cur is None:
-                    self.by_key[key] = agg.copy()
+                    self.by_key[key] = agg.copy(sessions=i == 0)
                 else:
-                    cur.merge(agg)
+                    cur.merge(agg, sessions=i == 0)
 
     def items(self) -> Iterator[tuple[tuple[str, int], Agg]]:
         return iter(self.by_key.items())
