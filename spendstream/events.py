@@ -240,8 +240,6 @@ class LLMCallEvent(_Strict):
     """Team or tenant the spend is attributed to."""
     user_id: ShortText | None = None
     """End user; never a metric label, only stored per call."""
-    session_id: ShortText | None = None
-    """User or agent session; never a metric label (the runaway-session rule names it)."""
     tags: dict[str, str] = Field(default_factory=dict)
     prompt_version: Name | None = None
     session_id: ShortText | None = None

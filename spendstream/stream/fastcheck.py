@@ -118,7 +118,6 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     operation: Operation = Operation.CHAT
     team: _Name | None = None
     user_id: _Short | None = None
-    session_id: _Short | None = None
     tags: _Tags = msgspec.field(default_factory=dict)
     prompt_version: _Name | None = None
     session_id: _Short | None = None
@@ -165,7 +164,6 @@ _NAMED: Final = (
     "response_model",
     "team",
     "user_id",
-    "session_id",
     "prompt_version",
     "session_id",
     "usage_error",
