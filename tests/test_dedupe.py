@@ -148,3 +148,15 @@ def test_id_keys_stay_out_of_the_window_keys_and_chunk_under_the_record_limit() 
     assert len(keys) == 3  # 8192-id chunks
     assert max(len(str(s1.t.get(k))) for k in keys) < 300_000
     assert s1.keys_of(0) == []
+
+
+async def test_a_batch_of_dead_letters_only_does_not_vouch_for_a_stale_index() -> None:
+    core, *_ = make()
+    await core.apply_batch([record(0, 0, ev(str(uuid.uuid4())))])
+    other = rebuilt(core)
+    y = str(uuid.uuid4())
+    await other.apply_batch([record(0, 1, ev(y))])
+    bad = record(0, 2, ev(str(uuid.uuid4())), headers=[("spendstream-wire", b"v9")])
+    await core.apply_batch([bad])  # the partition is back: only a dead letter
+    await core.apply_batch([record(0, 3, ev(y))])
+    assert global_calls(core) == 2 and core.counters.duplicates == 1

@@ -122,12 +122,17 @@ class Dedupe:
                 self.t.put(p, key, {str(o): "".join(h) for o, h in groups.items()})
                 self.parts[p].keys.setdefault(minute, []).append(key)
         self._pending.clear()
-        self._checked.clear()
 
     def mark_synced(self, partitions: Iterable[int]) -> None:
-        """After stage 1 applied the batch: the index is current as of its next offsets."""
+        """After stage 1 applied the batch: the index of each partition it checked is current
+        as of the partition's next offset; one it did not check (a batch of dead-lettered
+        records only) is rebuilt on its next use, as its memory may be stale."""
         for p in partitions:
-            self.synced[p] = self.stage1.next_offset(p)
+            if p in self._checked:
+                self.synced[p] = self.stage1.next_offset(p)
+            else:
+                self.synced.pop(p, None)
+        self._checked.clear()
 
     def prune(self, p: int) -> int:
         """Forget the minutes beyond the horizon behind the partition's watermark."""
