@@ -34,7 +34,15 @@ H = retention + lateness minutes (15 + 2 by default): ~17 × R. Measured (tracem
 module's ``python -m spendstream.stream.dedupe``, 100,000 ids in one minute): ~125 bytes/event
 in memory (16-byte id, dict slot), 32 characters/event in the changelog; at 10,000 events/s
 over 12 partitions that is ~833 events/s/partition → ~850k ids → ~106 MB per partition's worker
-at the default horizon: size ``window_retention_minutes`` with that in mind.
+at the default horizon: size ``window_retention_minutes`` with that in mind. CPU: ~1.1 µs per
+event (admit + flush, ``time.process_time`` over 10,000 events of 100-event records), against
+~9–13 µs to validate and enrich it; a first version (a dict lookup and a ``setdefault`` chain per
+event) cost 1.7 µs.
+
+Tested on dicts (``tests/test_dedupe.py``: retries, copies in one record, restart, lost windows,
+offset-guard re-reads, a stale index after a rebalance, pruning) and on the stack (a real OTLP
+exporter's retries, ``tests/test_ingest_retries.py``; ids restored after ``kill -9``,
+``tests/test_dedupe_restart.py``).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..scopes import MINUTE, minute_of
+from ..scopes import MINUTE
 from . import state as layout
 
 if TYPE_CHECKING:
@@ -92,21 +100,25 @@ class Dedupe:
         kept: list[EnrichedCall] = []
         dups: list[EnrichedCall] = []
         here: set[bytes] = set()
+        minute, seen, new = None, None, None  # the calls of a record share a minute or two
         for c in calls:
             eid = c.event.event_id.bytes
-            minute = minute_of(c.ts)
-            seen = part.minutes.get(minute)
+            m = int(c.ts // MINUTE)
+            if m != minute:
+                minute, seen, new = m, part.minutes.get(m), None
             at = None if seen is None else seen.get(eid)
             if eid in here or (at is not None and at != offset):
                 dups.append(c)
                 continue
             here.add(eid)
             kept.append(c)
-            if at is None and minute >= oldest:
+            if at is None and m >= oldest:
                 if seen is None:
-                    seen = part.minutes[minute] = {}
+                    seen = part.minutes[m] = {}
                 seen[eid] = offset
-                self._pending.setdefault((p, minute), {}).setdefault(offset, []).append(eid)
+                if new is None:
+                    new = self._pending.setdefault((p, m), {}).setdefault(offset, [])
+                new.append(eid)
         return kept, dups
 
     def flush(self) -> None:
