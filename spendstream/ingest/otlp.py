@@ -268,10 +268,24 @@ def decode_protobuf(body: bytes) -> list[SpanView]:
                         end_ns=sp.end_time_unix_nano,
                         status_code=sp.status.code,
                         status_message=sp.status.message,
-                        attributes={kv.key: _pb_value(kv.value) for kv in sp.attributes},
+                        attributes=_pb_attributes(sp.attributes),
                         resource=resource,
                     )
                 )
+    return out
+
+
+_SCALARS: Final = frozenset(("string_value", "int_value", "bool_value", "double_value"))
+
+
+def _pb_attributes(kvs: Any) -> dict[str, Any]:
+    """A span's attributes; scalars read inline (one call per attribute less: the dict
+    comprehension over ``_pb_value`` was ~12% of the gateway's CPU in a py-spy profile)."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        out[kv.key] = getattr(v, kind) if kind in _SCALARS else _pb_value(v)
     return out
 
 
