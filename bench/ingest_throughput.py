@@ -9,6 +9,13 @@ over keep-alive connections, for ``SECONDS`` each. Besides wall-clock rates it r
 gateway's spans per CPU-second (utime+stime from /proc): on a shared 2-core machine that figure
 is the less noisy one. Run: ``python bench/ingest_throughput.py [SECONDS]``. Last line:
 ``ingest_ratio=<gateway/bare>``.
+
+Measured (2 shared cores, load average 7–10, 8 s runs): gateway 5.8k and 9.9k spans/s, i.e.
+17.8k and 18.6k spans per CPU-second, against a bare handler at 312k and 881k spans/s (ratio
+0.019, 0.011): goals not met. The bare handler only copies bytes, so the ratio mostly measures
+how much of the Python mapping a span costs. py-spy on the gateway: ~48% mapping (pydantic
+validation ~12%, protobuf attributes ~13%, uuid5 ~10%, since trimmed), ~18% the emitter thread
+(JSON encoding), the rest aiohttp and decoding.
 """
 
 from __future__ import annotations
