@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 ORDER = [
     "emit_overhead", "produce_throughput", "cost_enrich", "pipeline_throughput",
     "alert_latency", "alert_quality", "replay_week", "pg_sink", "router_eval", "cache_lookup",
-    "cache_quality", "budget_reserve", "budget_overshoot",
+    "cache_quality", "budget_reserve", "budget_overshoot", "ingest_throughput",
 ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -262,8 +263,10 @@ def test_otlp_json_and_a_retried_export(env: dict[str, Any]) -> None:
     assert r.status_code == 200 and r.content == b""
     gz = {**headers, "Content-Encoding": "gzip"}
     assert httpx.post(url, content=gzip.compress(body), headers=gz).status_code == 200
-    events = raw_events(env["reader"], 4)
-    assert len(events) == 4
+    deflate = {**headers, "Content-Encoding": "deflate"}
+    assert httpx.post(url, content=zlib.compress(body), headers=deflate).status_code == 200
+    events = raw_events(env["reader"], 5)
+    assert len(events) == 5
     want = event_id(TRACE, bytes.fromhex("eee19b7ec3c1b174"))
     assert {e.event_id for e in events} == {want}
     assert events[0].usage.model_dump(exclude_none=True) == {
@@ -320,15 +323,24 @@ def test_status_codes(env: dict[str, Any]) -> None:
     assert r.status_code == 413
     r = httpx.post(url, content=b"not gzip", headers={**pb, "Content-Encoding": "gzip"})
     assert r.status_code == 400
+    r = httpx.post(url, content=body, headers={**js, **auth(env["key"]), "Content-Encoding": "br"})
+    assert r.status_code == 415 and r.json() == {
+        "code": 3,
+        "message": "content encoding 'br': use gzip or none",
+    }  # the gateway's error shape, not aiohttp's plain-text 400
     r = httpx.post(url, content=body, headers={**pb, "Content-Encoding": "br"})
-    assert r.status_code == 400  # aiohttp's parser refuses it before the handler (no Brotli)
+    assert r.status_code == 415 and r.content.startswith(b"\x08\x03\x12")
+    r = httpx.post(
+        url, content=gzip.compress(body)[:-8], headers={**pb, "Content-Encoding": "gzip"}
+    )
+    assert r.status_code == 400 and b"truncated gzip body" in r.content
     # the team attribute of another team, under a team-bound key
     attrs = {**BASE, "gen_ai.system": "openai", "spendstream.team": "billing"}
     team_body = request_json([span_json(attrs)])
     r = httpx.post(url, content=team_body, headers={**js, **auth(env["key"])})
     assert r.status_code == 403
     assert httpx.get(env["gw"].url + "/healthz").status_code == 200
-    assert env["gw"].gateway.stats.refused == {401: 2, 403: 3, 415: 1, 400: 2, 413: 2}
+    assert env["gw"].gateway.stats.refused == {401: 2, 403: 3, 415: 3, 400: 3, 413: 2}
     env["reader"].poll(1.0)
     assert env["reader"].records == []  # nothing of the refused requests was published
 

@@ -45,3 +45,13 @@ def test_window_keys_of_a_partition_exclude_its_watermark_and_version() -> None:
     s1.apply_batch([(0, 0, RecordAggregate())])
     assert s1.keys_of(0) == []
     assert s1.prune(0) == 0
+
+
+def test_event_id_keys_are_outside_the_window_prefix_and_a_version_3_partition_is_refused() -> None:
+    assert layout.STATE_VERSION == 4
+    key = layout.s1_seen(0, 29_000_000, "7.0")
+    assert key.startswith(layout.s1_seen_prefix(0))
+    assert not key.startswith(layout.s1_prefix(0))
+    t = DictState({layout.s1_version(0): 3, key: {"7": "00" * 16}})
+    with pytest.raises(layout.StateVersionError, match="version 3"):
+        Stage1(t).apply_batch([(0, 8, RecordAggregate())])

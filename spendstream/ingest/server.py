@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -102,6 +103,8 @@ class Gateway:
         self.stats = GatewayStats()
 
     def app(self) -> web.Application:
+        """The routes; serve them with ``auto_decompress=False`` (as :func:`serve` does): the
+        handlers inflate bodies themselves."""
         app = web.Application(
             client_max_size=self.config.max_body_bytes, middlewares=[self._errors]
         )
@@ -182,8 +185,12 @@ class Gateway:
         return binding
 
     async def _body(self, request: web.Request) -> bytes:
-        """The (decompressed) body. aiohttp inflates gzip/deflate itself, chunk by chunk, and
-        ``client_max_size`` bounds the *inflated* size: a gzip bomb ends in 413."""
+        """The (decompressed) body, at most ``max_body_bytes`` before and after inflating.
+
+        The runner does not decompress (``auto_decompress=False`` in :func:`serve`): aiohttp's
+        parser answered an unknown ``Content-Encoding`` (``br``) itself, with a plain-text 400
+        no OTLP client can read. Here it is a 415 in the OTLP error shape, and gzip/deflate are
+        inflated with a bound, so a gzip bomb ends in 413 after ``max_body_bytes`` of output."""
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise _Refused(413, f"body larger than {limit} bytes")
@@ -191,11 +198,14 @@ class Gateway:
         if encoding not in ("", "identity", "gzip", "deflate"):
             raise _Refused(415, f"content encoding {encoding[:40]!r}: use gzip or none")
         try:
-            return await request.read()
+            body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise
         except RequestPayloadError as exc:
             raise _Refused(400, f"unreadable body: {str(exc).strip()[:200]}") from None
+        if encoding in ("gzip", "deflate"):
+            return _inflate(body, encoding, limit)
+        return body
 
     def _publish(self, events: list[LLMCallEvent]) -> None:
         """All or nothing: refuse the request (retryable) unless every event fits."""
@@ -211,6 +221,33 @@ class Gateway:
         self.stats.accepted += sent
         if sent < len(events):  # cannot happen with one emitting thread; never hide it
             log.error("ingest: %d of %d checked events dropped", len(events) - sent, len(events))
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip (every member) or deflate (zlib-wrapped or raw), refused past ``limit`` bytes."""
+    wbits = 31 if encoding == "gzip" else 15
+    out: list[bytes] = []
+    size, rest = 0, body
+    try:
+        while rest:
+            d = zlib.decompressobj(wbits)
+            try:
+                chunk = d.decompress(rest, limit + 1 - size)
+            except zlib.error:
+                if encoding != "deflate" or wbits != 15 or out:
+                    raise
+                wbits = -15  # some clients send raw deflate: retry once without the header
+                continue
+            size += len(chunk)
+            out.append(chunk)
+            if size > limit or d.unconsumed_tail:
+                raise _Refused(413, f"body larger than {limit} bytes once inflated")
+            if not d.eof:
+                raise _Refused(400, f"truncated {encoding} body")
+            rest = d.unused_data if encoding == "gzip" else b""
+    except zlib.error as exc:
+        raise _Refused(400, f"undecodable {encoding} body: {exc}") from None
+    return b"".join(out)
 
 
 def _for_key(mapping: MappingConfig, binding: KeyBinding) -> MappingConfig:
@@ -293,7 +330,9 @@ def _varint(n: int) -> bytes:
 
 async def serve(gateway: Gateway, host: str, port: int, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then flush the emitter (accepted events are not lost)."""
-    runner = web.AppRunner(gateway.app(), access_log=None)
+    # bodies are inflated by the gateway (Gateway._body): bounded, and an unknown encoding
+    # answered in the OTLP error shape instead of by aiohttp's parser
+    runner = web.AppRunner(gateway.app(), access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -122,6 +122,9 @@ class PipelineMetrics(Collector):
         self.usage_unreadable: dict[str, int] = {}
         """Calls whose usage the producer could not read, by provider (capped like labels)."""
         self._providers = LabelCap(max_label_sets)
+        self.duplicates: dict[str, int] = {}
+        """Events whose id was counted before (a retried export), by service (capped)."""
+        self._services = LabelCap(max_label_sets)
         self.latency: dict[Key, _Hist] = {}
         self.ttft: dict[Key, _Hist] = {}
         self.genai_tokens: dict[tuple[Key, str], _Hist] = {}
@@ -184,6 +187,11 @@ class PipelineMetrics(Collector):
                     h = self.ttft[key] = _Hist(nb)
                 h.observe(DURATION_BUCKETS, ev.ttft_ms / 1000)
 
+    def add_duplicates(self, calls: Iterable[EnrichedCall]) -> None:
+        for c in calls:
+            (service,) = self._services.key((c.event.service,))
+            self.duplicates[service] = self.duplicates.get(service, 0) + 1
+
     # --- scrape -------------------------------------------------------------------------------
     def collect(self) -> Iterator[Any]:
         """Every family, in the order a scrape shows them: calls, histograms, the process."""
@@ -235,6 +243,15 @@ class PipelineMetrics(Collector):
         for prov, n in sorted(self.usage_unreadable.items()):
             unreadable.add_metric([prov], n)
         yield unreadable
+        dup = CounterMetricFamily(
+            "spendstream_duplicate_events",
+            "Events left out of windows and metrics: their event_id was counted before "
+            "(a retried export), by service",
+            labels=["service"],
+        )
+        for service, n in sorted(self.duplicates.items()):
+            dup.add_metric([service], n)
+        yield dup
 
     def _histograms(self) -> Iterator[Any]:
         for name, doc, data in (

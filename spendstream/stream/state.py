@@ -12,7 +12,10 @@ Stage 1 (one state per raw partition ``p``, each key in ``p``'s changelog partit
 - ``{p}|{minute}|{scope}`` → :class:`Stage1Window`: the partition's aggregate of one scope and
   minute, with the last raw offset it applied (``thru``) so a re-read record is skipped;
 - ``{p}|wm`` → :class:`Stage1Mark`: the partition's watermark and last applied offset;
-- ``{p}|v`` → the layout version.
+- ``{p}|v`` → the layout version;
+- ``d|{p}|{minute}|{first}.{i}`` → ``{offset: hex ids}``: event ids counted in the minute with
+  the offset of the record that counted them (:mod:`.dedupe`; outside the ``{p}|`` prefix so
+  window scans never see them).
 
 Stage 2 (one state per stage-2 partition ``q``; scopes are routed to one ``q``):
 
@@ -33,9 +36,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypedDict
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 """1: one key per partition and minute (before issue 13); 2: one key per scope and minute;
-3: stage 2 keeps the organisation level (``org|q``) and the detector's per-scope state."""
+3: stage 2 keeps the organisation level (``org|q``) and the detector's per-scope state;
+4: stage 1 keeps the event ids it counted (``d|p|minute|…``, issue 17)."""
 
 
 class StateVersionError(RuntimeError):
@@ -63,6 +67,15 @@ def s1_mark(p: int) -> str:
 
 def s1_version(p: int) -> str:
     return f"{p}|v"
+
+
+def s1_seen(p: int, minute: int, chunk: str) -> str:
+    return f"d|{p}|{minute}|{chunk}"
+
+
+def s1_seen_prefix(p: int) -> str:
+    """Every event-id key of partition ``p`` starts with this."""
+    return f"d|{p}|"
 
 
 def s1_prefix(p: int) -> str:

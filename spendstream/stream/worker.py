@@ -37,6 +37,7 @@ from ..config import Settings
 from ..wire import check_headers, dlq_headers
 from . import partials
 from . import state as layout
+from .dedupe import Dedupe
 from .enrich import EnrichedCall, Enricher, RecordResult, redact_record
 from .offsets import OffsetGuard
 from .pipeline import Snapshot, Stage1, Stage2, WindowTotal, WriteBuffer, route
@@ -93,6 +94,7 @@ class MetricsSink(Protocol):
     future_skewed: int
 
     def add_calls(self, calls: Iterable[EnrichedCall]) -> None: ...
+    def add_duplicates(self, calls: Iterable[EnrichedCall]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -108,6 +110,8 @@ class Counters:
     windows_closed: int = 0
     alerts: int = 0
     batches: int = 0
+    duplicates: int = 0
+    """Events dropped from windows and metrics: their id was counted before (dedupe.py)."""
 
 
 @dataclass(slots=True)
@@ -132,6 +136,7 @@ class _Batch:
     nxt: dict[int, int | None] = field(default_factory=dict)
     calls: list[EnrichedCall] = field(default_factory=list)
     out: list[Message] = field(default_factory=list)
+    dups: list[EnrichedCall] = field(default_factory=list)
 
 
 class Worker:
@@ -157,6 +162,7 @@ class Worker:
         self.metrics = metrics
         self.clock = clock
         self.guard = OffsetGuard(broker.seek, broker.probe)
+        self.dedupe = Dedupe.for_settings(stage1, stage1.retention, s.allowed_lateness_s)
         self.counters = Counters()
         self.lag: dict[int, int] = {}
         """Raw partition → records not yet applied (end offset − next offset)."""
@@ -184,7 +190,9 @@ class Worker:
             b.nxt[p] = max(r.offset + 1, expected or 0)
             self.counters.records += 1
             self._apply_record(b, r, fresh)
+        self.dedupe.flush()  # ids before the windows and watermark that imply them
         self.stage1.apply_batch(b.applied)
+        self.dedupe.mark_synced(b.nxt)
         self._after_batch(b)
         return b.out
 
@@ -199,15 +207,21 @@ class Worker:
             b.applied.append((r.partition, r.offset, RecordAggregate()))  # handled: offset done
             return
         res: RecordResult = self.enricher.process(r.value)
+        kept, dups = self.dedupe.admit(r.partition, r.offset, res.calls)
+        if dups:  # an id counted before: out of the windows and the counters
+            res.aggregate = RecordAggregate()
+            res.aggregate.add_calls(kept)
         for d in res.dead:
             headers = dlq_headers(s.topic_raw, r.partition, r.offset, d.line, d.reason)
             b.out.append(Message("dlq", r.key, d.raw, headers))
         if fresh:
             c.dead += len(res.dead)
             c.future_skewed += sum(1 for d in res.dead if SKEW_REASON in d.reason)
-            b.calls.extend(res.calls)
-            c.events += len(res.calls)
-            c.price_unknown += sum(1 for call in res.calls if call.parts_pico is None)
+            b.calls.extend(kept)
+            b.dups.extend(dups)
+            c.duplicates += len(dups)
+            c.events += len(kept)
+            c.price_unknown += sum(1 for call in kept if call.parts_pico is None)
         if res.calls:
             value = b"\n".join(call.to_json(s.keep_text) for call in res.calls)
             b.out.append(Message("enriched", r.key, value, ENRICHED_HEADERS))
@@ -218,6 +232,7 @@ class Worker:
         c.late_dropped = self.stage1.late_dropped
         if self.metrics is not None:
             self.metrics.add_calls(b.calls)
+            self.metrics.add_duplicates(b.dups)
             self.metrics.dead_letters = c.dead
             self.metrics.late_dropped = c.late_dropped
             self.metrics.future_skewed = c.future_skewed
@@ -225,6 +240,7 @@ class Worker:
         if c.batches % PRUNE_EVERY_BATCHES == 0:
             for p in {p for p, _, _ in b.applied}:
                 self.stage1.prune(p)
+                self.dedupe.prune(p)
 
     # --- the tick ----------------------------------------------------------------------------
     def tick(self, assigned: set[int]) -> TickOut:
