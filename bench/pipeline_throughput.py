@@ -18,7 +18,15 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import machine, private_settings, result, settings_with_stack, start_worker
+from _common import (
+    cpu_seconds,
+    machine,
+    private_settings,
+    result,
+    settings_with_stack,
+    start_worker,
+    stop_worker,
+)
 from confluent_kafka import Consumer, TopicPartition
 
 from spendstream.config import Settings
@@ -86,7 +94,8 @@ async def bare(s: Settings, n: int) -> float:
 
 def worker_run(
     s: Settings, env: dict[str, str], closed_calls: int, records: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
+    """(seconds to all enriched, seconds to all windowed, worker CPU seconds in between)."""
     proc, log = start_worker(env, Path(s.stack_dir) / "bench-pipeline-worker.log")
     windows = Consumer(
         s.librdkafka(**{"group.id": f"w-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
@@ -96,9 +105,11 @@ def worker_run(
     try:
         deadline = time.monotonic() + 900
         start = None
+        cpu0 = 0.0
         while start is None:
             if end_offsets(s, s.topic_enriched) > 0:
                 start = time.perf_counter()
+                cpu0 = cpu_seconds(proc.pid)
             elif proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("worker did not start")
             time.sleep(0.02)
@@ -110,14 +121,13 @@ def worker_run(
                 if m.error() is None and m.key().startswith(b"global:all|"):
                     calls[m.key().decode()] = json.loads(m.value())["calls"]
             if enriched_s is not None and sum(calls.values()) == closed_calls:
-                return enriched_s, time.perf_counter() - start
+                return enriched_s, time.perf_counter() - start, cpu_seconds(proc.pid) - cpu0
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"worker stopped or timed out: {sum(calls.values())} calls")
             time.sleep(0.05)
     finally:
         windows.close()
-        proc.terminate()
-        proc.wait(30)
+        stop_worker(proc)
         log.close()
 
 
@@ -128,13 +138,14 @@ def main(n: int = 500_000) -> None:
     records, closed_calls = fill(s, n)
     print(f"filled {n} events in {records} records ({time.perf_counter() - t0:.1f}s)", flush=True)
     bare_s = asyncio.run(bare(s, n))
-    enriched_s, windowed_s = worker_run(s, env, closed_calls, records)
+    enriched_s, windowed_s, cpu_s = worker_run(s, env, closed_calls, records)
     bare_eps, worker_eps = n / bare_s, n / windowed_s
     print(f"pipeline_throughput: {n} events, {records} records; {machine()}")
     print(f"{'path':<40} {'seconds':>8} {'events/s':>10}")
     print(f"{'bare aiokafka + json.loads per event':<40} {bare_s:>8.2f} {bare_eps:>10,.0f}")
     print(f"{'worker: all enriched':<40} {enriched_s:>8.2f} {n / enriched_s:>10,.0f}")
     print(f"{'worker: all enriched and windowed':<40} {windowed_s:>8.2f} {worker_eps:>10,.0f}")
+    print(f"worker CPU {cpu_s:.2f} s = {cpu_s / n * 1e6:.1f} µs/event (same interval)")
     result(
         "stream worker, enriched + windowed",
         worker_eps,

@@ -29,7 +29,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
-from _common import machine, private_settings, result, settings_with_stack, start_worker
+from _common import (
+    cpu_seconds,
+    machine,
+    private_settings,
+    result,
+    settings_with_stack,
+    start_worker,
+    stop_worker,
+)
 from confluent_kafka import Consumer
 
 from spendstream.config import Settings
@@ -191,12 +199,19 @@ def through_workers(s: Settings, env: dict[str, str], path: Path, progress: Prog
              "--no-progress"],
             env={**os.environ, **env}, stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        cpu0 = sum(cpu_seconds(p.pid) for p, _ in started)
         took = follow(s, progress, replay, t0)
+        cpu = sum(cpu_seconds(p.pid) for p, _ in started) - cpu0
+        windows = len(progress.expected)
+        print(f"workers' CPU {cpu:.1f} s = {cpu / windows * 1e6:.0f} µs per closed window "
+              f"(both workers, replay start to last window)", flush=True)  # fmt: skip
         assert replay.wait(60) == 0
         return took
     finally:
-        for proc in [p for p, _ in started] + ([replay] if replay else []):
-            stop(proc)
+        for proc, _ in started:
+            stop_worker(proc)
+        if replay:
+            stop(replay)
         for _, log in started:
             log.close()
 

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     """Closed minutes stay correctable this long; older events are left out of windows."""
     max_future_skew_s: float | None = Field(300.0, ge=0)
     """Events dated further ahead of the worker's clock are dead-lettered (null: no check)."""
-    worker_batch_records: int = Field(50, ge=1)
+    worker_batch_records: int = Field(200, ge=1)
     """Raw records a worker takes per batch (each record holds up to 100 events)."""
     worker_session_timeout_s: float = Field(10.0, ge=6, le=300)
     """How soon a worker that died without leaving (kill -9, lost host) is replaced."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from spendstream.config import Settings
@@ -54,7 +55,7 @@ def make(**kw: Any) -> tuple[Worker, FakeBroker, Clock, dict[str, Any]]:
         resync_interval_s=30, **kw,
     )  # fmt: skip
     t2: dict[str, Any] = {}
-    buf = WriteBuffer(t2)
+    buf = WriteBuffer(t2, MappingProxyType(t2))  # reads from a view, as on the Faust store
     broker, clock = FakeBroker(), Clock()
     core = Worker(
         s,
@@ -238,3 +239,18 @@ def test_partials_round_trip_and_messages_stay_under_the_size_cap() -> None:
         reports.update(r)
     assert got == snaps and reports == {0: (60.0, True)}
     assert all(partials.decode(b)[1] == {} for b in bodies[:-1])
+
+
+def test_write_buffer_reads_pending_then_committed_and_writes_only_on_commit() -> None:
+    table: dict[str, Any] = {"a": 1, "b": 2}
+    buf = WriteBuffer(table, MappingProxyType(table))
+    buf["c"] = 3
+    assert (buf.get("a"), buf.get("c"), buf.get("zz"), buf.get("zz", 7)) == (1, 3, None, 7)
+    assert buf.pop("b") == 2
+    assert buf.pop("b", "gone") == "gone"
+    assert buf.pop("zz") is None
+    assert (buf.get("b"), "b" in buf, "c" in buf) == (None, False, True)
+    assert table == {"a": 1, "b": 2}  # nothing written before the commit
+    assert sorted(buf) == ["a", "c"]
+    buf.commit()
+    assert table == {"a": 1, "c": 3}
