@@ -2,7 +2,8 @@
 
 The real stack comes up; two stream workers, the PostgreSQL sink and the alert relay start as
 the processes a deployment would run; synthetic traffic from four services is emitted through
-the SDK with time compressed (one simulated minute per wall second by default). Half an hour
+the SDK — and one service's as OTLP spans through the ingest gateway (:mod:`.demo_otlp`) — with
+time compressed (one simulated minute per wall second by default). Half an hour
 in, one endpoint silently switches from a cheap model to an expensive one. The demo prints the
 closed per-endpoint minutes as they arrive, the alerts as a webhook receiver gets them (firing,
 then resolved), a report from PostgreSQL checked against the emitted events priced in this
@@ -39,6 +40,7 @@ from typing import Any, Final
 
 from .alerts import Alert
 from .config import Settings
+from .demo_otlp import SERVICE
 from .events import LLMCallEvent
 from .money import pico_to_usd
 from .probes import pg_value, prom_query, prom_value
@@ -321,6 +323,8 @@ class DemoResult:
     resolved: bool = False
     request_usd: Decimal | None = None
     """The multi-service request's cost in PostgreSQL (``report --by trace``)."""
+    via_gateway: int = 0
+    """Calls the ingest gateway accepted as OTLP spans (:mod:`.demo_otlp`)."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -399,6 +403,8 @@ def _series(r: dict[str, Any]) -> str:
 def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> DemoResult:
     """Entry point of `spendstream demo`. Stops the stack services it started unless ``keep``."""
     from . import stack
+    from .demo_otlp import GatewayFeed, free_port, via_gateway
+    from .ingest.keys import add_key
     from .producers.emitter import Emitter
     from .producers.replay import publish
     from .producers.synthetic import CATALOG, PRICIER
@@ -443,17 +449,29 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
         for i in range(plan.workers):
             kids.start(f"worker-{i}", "worker")
         kids.start("sink-postgres", "sink", "postgres", "--group", f"{PREFIX}{run_id}-sink")
+        port, keys = free_port(), log_dir / "ingest-keys.jsonl"
+        feed = GatewayFeed(
+            f"http://127.0.0.1:{port}",
+            add_key(keys, SERVICE),
+            [e for e in events if via_gateway(e)],
+            plan.time_scale,
+        )
+        kids.start("ingest", "ingest", "--port", str(port), "--keys-file", str(keys))
         kids.start(
             "alert-relay", "alerts", "relay", "--group", f"{PREFIX}{run_id}-relay",
         )  # fmt: skip
+        if not _wait(feed.healthy, 60, lambda: time.sleep(0.5)):
+            raise RuntimeError(f"the ingest gateway did not start; see {log_dir}/ingest.log")
         con.say(
-            f"started {plan.workers} stream workers, the PostgreSQL sink and the alert relay "
-            f"(logs in {log_dir}); alerts go to a local webhook receiver at {receiver.url}"
+            f"started {plan.workers} stream workers, the PostgreSQL sink, the alert relay and "
+            f"the ingest gateway on {feed.url} (logs in {log_dir}); alerts go to a local "
+            f"webhook receiver at {receiver.url}"
         )
         services = sorted({p.service for p in CATALOG})
         con.say(
             f"emitting {len(events):,} calls from {len(services)} services "
-            f"({', '.join(services)}) through the SDK, {plan.rate:g}/s"
+            f"({', '.join(services)}), {plan.rate:g}/s: {len(feed.events):,} of {SERVICE}'s "
+            "as OTLP spans through the ingest gateway, the rest through the SDK"
         )
         con.say(
             f"incident at {minute_dt(inc_from):%H:%M} (simulated): "
@@ -478,10 +496,13 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
 
         def produce() -> None:
             with Emitter(ds, register_atexit=False) as emitter:
-                out["res"] = publish(events, emitter, speed=plan.time_scale)
+                sdk = [e for e in events if not via_gateway(e)]
+                out["res"] = publish(sdk, emitter, speed=plan.time_scale)
 
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
+        exporter = threading.Thread(target=feed.run, daemon=True)
+        exporter.start()
 
         def tick() -> None:
             assert live is not None
@@ -491,11 +512,17 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited early; see the logs in {log_dir}")
 
-        while producer.is_alive():
+        while producer.is_alive() or exporter.is_alive():
             tick()
         pub = out.get("res")
         if pub is None or pub.dropped:
             res.problems.append(f"the emitter dropped events: {pub}")
+        res.via_gateway = feed.accepted
+        res.problems += feed.problems
+        con.say(
+            f"the gateway accepted {feed.accepted:,} of {len(feed.events):,} spans "
+            f"({feed.retries} retried exports)"
+        )
         con.say(f"emitted {len(events):,} calls; checking the incident's alerts ...")
         res.fired = _wait(lambda: receiver.seen(target_scope, "firing"), 60, tick)
         res.resolved = _wait(lambda: receiver.seen(target_scope, "resolved"), 90, tick)

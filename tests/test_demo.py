@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -11,14 +11,37 @@ import pytest
 from spendstream.alerts import Alert
 from spendstream.config import Settings
 from spendstream.demo import PREFIX, RAG_AT, TAG, DemoPlan, plan_events, rag_request, run_demo
+from spendstream.demo_otlp import SERVICE, export_body, via_gateway
+from spendstream.ingest.otlp import decode_json, map_spans
 from spendstream.money import pico_to_usd
 from spendstream.stream.enrich import Enricher
 from tests.books import query
 from tests.stream_helpers import TopicReader, wait_for
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+def test_the_demo_spans_map_back_to_the_calls_they_were_made_from() -> None:
+    """The OTLP share of the demo (one service's calls with complete usage) read by the
+    gateway's own mapping: same calls, same priced usage, same total cost."""
+    plan = DemoPlan()
+    events = plan_events(plan, "t1", datetime.now(UTC))
+    sent = [e for e in events if via_gateway(e)]
+    assert len(sent) > 300 and {e.service for e in sent} == {SERVICE}
+    res = map_spans(decode_json(export_body(sent)))
+    assert (len(res.events), res.rejected, res.ignored) == (len(sent), 0, 0)
+    for a, b in zip(sent, res.events, strict=True):
+        assert (b.service, b.endpoint, b.team, b.user_id, b.provider) == (
+            a.service, a.endpoint, a.team, a.user_id, a.provider,
+        )  # fmt: skip
+        assert (b.request_model, b.status, b.tags, b.usage) == (
+            a.request_model, a.status, a.tags, a.usage,
+        )  # fmt: skip
+        assert b.timestamp == a.timestamp
+    enricher = Enricher()
+    assert enricher.total_pico(res.events) == enricher.total_pico(sent) > 0
 
 
+@pytest.mark.stack
+@pytest.mark.slow
 def test_demo_catches_the_model_switch_and_its_books_equal_the_emitted_costs(
     stack: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -38,6 +61,17 @@ def test_demo_catches_the_model_switch_and_its_books_equal_the_emitted_costs(
     stored = query(stack, "SELECT sum(cost_usd) FROM llm_calls WHERE tags @> $1::jsonb", run)
     assert Decimal(stored) == expected
     assert f"total ${expected}" in out
+
+    # one service's calls came as OTLP spans through the ingest gateway: its rows carry the
+    # span ids the gateway derived, the SDK's rows of that service none
+    sent = [e for e in events if via_gateway(e)]
+    assert res.via_gateway == len(sent) > 300
+    assert f"the gateway accepted {len(sent):,} of {len(sent):,} spans" in out
+    spans = "SELECT count(*) FROM llm_calls WHERE tags @> $1::jsonb AND service = $2 AND {}"
+    assert query(stack, spans.format("span_id IS NOT NULL"), run, SERVICE) == len(sent)
+    assert query(stack, spans.format("span_id IS NULL"), run, SERVICE) == sum(
+        1 for e in events if e.service == SERVICE and not via_gateway(e)
+    )
 
     # the multi-service request: one trace across three services, its summed cost printed
     request = rag_request(res.run_id, res.start + RAG_AT)

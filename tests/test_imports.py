@@ -15,8 +15,8 @@ the same. A room is a package or a set of top-level modules:
 - producers, ingest, stream, sinks, router, cache: their packages. ``ingest`` (the HTTP/OTLP
   gateway) is a producer for services that cannot import the SDK: it publishes through the
   SDK's emitter, and nothing but the tools imports it.
-- tools: ``cli``, ``demo``, ``pricing`` (the ``spendstream price`` command), ``probes``
-  (the demo's and the stack's queries) and ``stack`` (runs the local services).
+- tools: ``cli``, ``demo`` (and ``demo_otlp``), ``pricing`` (the ``spendstream price``
+  command), ``probes`` (the demo's and the stack's queries) and ``stack`` (runs the local services).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ CORE = {
     "spendstream.cache.embedders",
 }
 ROOMS = ("producers", "ingest", "stream", "sinks", "router", "cache")
-TOOLS = ("cli", "demo", "pricing", "probes", "stack")
+TOOLS = ("cli", "demo", "demo_otlp", "pricing", "probes", "stack")
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "producers": {"core", "producers"},

@@ -368,3 +368,22 @@ def test_trace_span_and_session_ids() -> None:
     tagged = span_json({**BASE, "gen_ai.system": "openai", "app.chat": "c-1", "session.id": "no"})
     (ev,) = map_spans(decode_json(request_json([tagged])), cfg).events
     assert ev.session_id == "c-1"
+
+
+def test_spendstream_tag_attributes_become_tags_the_span_winning_over_the_resource() -> None:
+    doc = json.loads(
+        request_json(
+            [
+                span_json({**BASE, "spendstream.tag.exp": "b", "spendstream.tag.n": 3}, "01" * 8),
+                span_json({**BASE, "spendstream.tag.bad key": "x"}, "02" * 8),
+            ]
+        )
+    )
+    doc["resourceSpans"][0]["resource"]["attributes"] += [
+        {"key": "spendstream.tag.exp", "value": {"stringValue": "a"}},
+        {"key": "spendstream.tag.deploy", "value": {"stringValue": "r42"}},
+    ]
+    (res,) = both(json.dumps(doc).encode())
+    (ev,) = res.events  # a non-string tag value is not a tag; a key the schema refuses rejects
+    assert ev.tags == {"exp": "b", "deploy": "r42"}
+    assert res.rejected == 1 and "tags" in res.message()

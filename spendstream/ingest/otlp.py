@@ -514,6 +514,7 @@ def span_event(
         "team": _lookup(span, cfg.team_attributes, by_id),
         "user_id": _lookup(span, cfg.user_attributes, by_id),
         "session_id": _session(_lookup(span, cfg.session_attributes, by_id)),
+        "tags": _tags(span) or None,
         "trace_id": span.trace_id.hex(),
         "span_id": span.span_id.hex() if any(span.span_id) else None,
         "usage": usage,
@@ -525,6 +526,21 @@ def span_event(
         "error_type": error_type,
     }
     return LLMCallEvent.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+TAG_PREFIX: Final = "spendstream.tag."
+"""Attributes ``spendstream.tag.<key>`` (resource, then span: the span's wins) become the event's
+tags, so an OTel service can tag a deploy or an experiment as the SDK's ``tags=`` does; a tag the
+schema refuses (bad key, > 16 tags) rejects the span with the field named."""
+
+
+def _tags(span: SpanView) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for attrs in (span.resource, span.attributes):
+        for k, v in attrs.items():
+            if k.startswith(TAG_PREFIX) and isinstance(v, str):
+                out[k[len(TAG_PREFIX) :]] = v
+    return out
 
 
 def _text(attrs: Mapping[str, Any], *keys: str) -> str | None:
