@@ -93,6 +93,9 @@ def plan_events(plan: DemoPlan, run_id: str, end: datetime) -> list[LLMCallEvent
 
 
 RAG_AT: Final = timedelta(minutes=10, seconds=7)
+REQUEST_TAG: Final = "demo_request"
+"""Tags the request's calls (``demo_request=rag``): every OTLP call of the demo is a trace of its
+own too, and one of them may cost more than the whole request."""
 """When the multi-service request happens, from the first simulated minute (in the warm-up)."""
 
 
@@ -119,7 +122,7 @@ def rag_request(run_id: str, at: datetime) -> list[LLMCallEvent]:
             operation=op,
             usage=usage,
             latency_ms=latency,
-            tags={TAG: run_id},
+            tags={TAG: run_id, REQUEST_TAG: "rag"},
             trace_id=trace,
             span_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{trace}/{i}").hex[:16],
             session_id=f"demo-chat-{run_id}" if op == "chat" else None,
@@ -362,7 +365,7 @@ async def _request_cost(
 
     conn = await connect(s)
     try:
-        top = await top_groups(conn, since, until, "trace", 1, {TAG: run_id})
+        top = await top_groups(conn, since, until, "trace", 1, {TAG: run_id, REQUEST_TAG: "rag"})
         rows = await conn.fetch(
             "SELECT service, operation, provider || '/' || request_model AS model, cost_usd "
             "FROM llm_calls WHERE trace_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
@@ -622,7 +625,8 @@ def _show_request(
     expected = pico_to_usd(Enricher().total_pico(calls))
     con.say(
         "one request across three services, by its trace id (the same as `spendstream report "
-        f"--by trace --top 1 --since {start:%Y-%m-%dT%H:%M}Z --tag {TAG}={res.run_id}`):"
+        f"--by trace --top 1 --since {start:%Y-%m-%dT%H:%M}Z --tag {TAG}={res.run_id} "
+        f"--tag {REQUEST_TAG}=rag`):"
     )
     table, cost, key = asyncio.run(_request_cost(s, res.run_id, start, until))
     con.say(table, stamp=False)
