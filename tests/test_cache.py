@@ -236,6 +236,11 @@ TRAIN = (
     "the same station at 4 pm travelling at 80 miles per hour on the same track. At what time "
     "does the second train catch up with the first one?"
 )
+SWAP = (
+    "When an increase in speed doubles the kinetic energy of a moving body its momentum\n"
+    "A. increases but less than doubles\nB. doubles\nC. more than doubles\nD. depends on "
+    "factors not stated\nAnswer:"
+)
 APPLES = "How many apples does Maria have if she buys 5 more at $5 each and already had 12?"
 PARAPHRASES = [
     (TRAIN, "Please solve: " + TRAIN),
@@ -245,6 +250,11 @@ PARAPHRASES = [
     (APPLES, "What number of apples does Maria have if she buys five more at 5 dollars each "
      "and already had twelve?"),
     ("What is 15% of 80?", "What is fifteen percent of 80?"),
+    ("How can I speed up my Python code?", "How do I speed up Python code?"),
+    ("What is the fastest way to get to the airport?", "Fastest way to the airport?"),
+    ("Walk 3 blocks north. Where am I?", "Kindly walk three blocks north. Where am I?"),
+    ("What is the difference between a list and a tuple in Python?",
+     "In Python, what's the difference between a tuple and a list?"),
 ]  # fmt: skip
 NEAR_MISSES = [
     (APPLES, APPLES.replace("buys 5 more", "buys 6 more"), "numbers"),
@@ -258,6 +268,12 @@ NEAR_MISSES = [
     ("Is the sum of 3 and 4 greater than 6?", "Is the sum of 3 and 4 less than 6?", "operators"),
     ("weather in berlin tomorrow", "weather in madrid tomorrow", "substituted content words"),
     ("Turn left at the bank", "Turn right at the bank", "direction"),
+    ("Is 11 squared larger than 50 times 40?", "Is 50 squared larger than 11 times 40?",
+     "numbers"),
+    (SWAP, SWAP.replace("kinetic energy of a moving body its momentum",
+                        "momentum of a moving body its kinetic energy"), "word order"),
+    ("who wrote hamlet?", "who wrote macbeth?", "substituted content words"),
+    ("Does the package arrive before noon?", "Does the package arrive after noon?", "operators"),
 ]  # fmt: skip
 
 
