@@ -66,6 +66,7 @@ _URL = re.compile(r"https?://\S+|[\w.+-]+@[\w-]+\.[\w.]+")
 _CODE = re.compile(
     r"\b[A-Za-z_]\w*_\w+\b|\b[a-z]+[A-Z]\w*\b|\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w+)+(?:\(\))?|\b\w+\(\)"
 )
+_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9&.'’-]*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*|[\"“(]\s*)([A-Za-z][\w'’-]*)")
 _NEGATION = re.compile(
@@ -110,10 +111,9 @@ _CURRENCY_CODE = {"dollar": "USD", "dollars": "USD", "bucks": "USD", "usd": "USD
                   "euros": "EUR", "eur": "EUR", "pounds sterling": "GBP", "gbp": "GBP",
                   "yen": "JPY", "jpy": "JPY"}  # fmt: skip
 _PERCENT = re.compile(r"(\d)\s*(?:percent|per cent|pct)\b", re.I)
-_PHRASES = (
-    (re.compile(r"\bwhat(?: is|'s| was)? the (?:number|count|amount) of\b", re.I), "how many"),
-    (re.compile(r"\bwhat number of\b", re.I), "how many"),
-    (re.compile(r"\bhow much of\b", re.I), "how many"),
+_HOW_MANY = re.compile(
+    r"\bwhat(?: is|'s| was)? the (?:number|count|amount) of\b|\bwhat number of\b|\bhow much of\b",
+    re.I,
 )
 _ARITH = re.compile(r"(?<=[\d\s])([+×÷*/<>=]|>=|<=|\s-\s)(?=[\s\d])")
 _SYMBOL_CLASS = {"+": "add", "×": "mul", "*": "mul", "÷": "div", "/": "div", ">": "gt",
@@ -236,11 +236,14 @@ def _spelled_value(run: str) -> str:
 def canonical(text: str) -> str:
     """The text with numbers, currencies, percentages and a few set phrases in one spelling."""
     t = _SPELLED.sub(lambda m: _spelled_value(m.group(0)), text)
-    t = _SIGNED.sub(lambda m: f"{m.group(2)} {_CURRENCY_SIGN[m.group(1)]}", t)
+    if any(c in t for c in _CURRENCY_SIGN):
+        t = _SIGNED.sub(lambda m: f"{m.group(2)} {_CURRENCY_SIGN[m.group(1)]}", t)
     t = _CURRENCY_WORD.sub(lambda m: f"{m.group(1)} {_CURRENCY_CODE[m.group(2).lower()]}", t)
-    t = _PERCENT.sub(r"\1%", t)
-    for pattern, repl in _PHRASES:
-        t = pattern.sub(repl, t)
+    lower = t.lower()
+    if "per" in lower or "pct" in lower:
+        t = _PERCENT.sub(r"\1%", t)
+    if "what" in lower or "how" in lower:
+        t = _HOW_MANY.sub("how many", t)
     return t
 
 
@@ -261,20 +264,22 @@ def _entities(text: str) -> set[str]:
     ents.update(c.lower() for c in _CODE.findall(bare))
     starts = {m.start(1) for m in _SENTENCE_START.finditer(bare)}
     for m in _WORD.finditer(bare):
-        w = _strip(m.group(0))
+        w = m.group(0)
+        if w[0].islower() and not _DIGIT.search(w):
+            continue  # the common case: an ordinary lower-case word
+        w = _strip(w)
         if len(w) < 2 or w in ("I", "I'm", "I've", "I'd", "I'll"):
             continue
-        is_code = (w.isupper() and len(w) >= 2) or any(ch.isdigit() for ch in w)
+        is_code = (w.isupper() and len(w) >= 2) or _DIGIT.search(w) is not None
         if is_code or (w[0].isupper() and m.start() not in starts):
             ents.add(w.lower())  # sentence-initial capitals are no evidence ("Walk", "Kindly")
     return ents
 
 
 def _words_signals(
-    lower: str,
+    lower: str, words: list[str]
 ) -> tuple[list[str], list[str], set[tuple[str, str]], list[str], list[str]]:
     """Operators, directions, from/to bindings, content stems and words of lower-cased text."""
-    words = _TOKEN.findall(lower)
     ops: list[str] = [_SYMBOL_CLASS[s.strip()] for s in _ARITH.findall(lower)]
     dirs: list[str] = []
     bound: set[tuple[str, str]] = set()
@@ -295,7 +300,7 @@ def _words_signals(
             if nxt is not None:
                 bound.add((_FROM_TO[w], stem(nxt)))
         if w not in _FUNCTION_WORDS:
-            content.append(stem(w))
+            content.append(w if w[0].isdigit() else stem(w))
             surface.append(w)
     return ops, dirs, bound, content, surface
 
@@ -304,7 +309,8 @@ def _words_signals(
 def signature(text: str) -> Signature:
     t = canonical(text)
     lower = t.lower()
-    ops, dirs, bound, content, surface = _words_signals(lower)
+    tokens = _TOKEN.findall(lower)
+    ops, dirs, bound, content, surface = _words_signals(lower, tokens)
     return Signature(
         numbers=tuple(sorted(_num(m) for m in _NUMBER.findall(t))),
         entities=frozenset(_entities(t)),
@@ -312,8 +318,8 @@ def signature(text: str) -> Signature:
         operators=tuple(sorted(ops)),
         directions=tuple(sorted(dirs)),
         bound=frozenset(bound),
-        words=frozenset(_TOKEN.findall(lower)) | frozenset(re.findall(r"\S+", lower)),
-        n_words=len(_TOKEN.findall(lower)),
+        words=frozenset(tokens),
+        n_words=len(tokens),
         content=tuple(content),
         surface=tuple(surface),
     )

@@ -19,11 +19,12 @@ shared ones are refreshed by each put, so they outlive their newest entry by at 
 
 What is stored, and why: the response (it is the answer served) and the cost (the spend a hit
 avoided). The last user message is kept in clear in semantic entries only, because the guard
-(:mod:`.guard`) compares the query's numbers, entities and negation with the candidate's text
-and an embedding cannot give them back; the exact tier does not keep it (a hit's prompt is the
-query itself). Key names hold 12-byte BLAKE2b digests of the partition (tenant, model, system
-prompt, sampling, earlier turns) and of the prompt — unkeyed, so a guessable short prompt can be
-confirmed from a key name. ``keep_text`` does not apply: a response cache stores text by nature.
+(:mod:`.guard`) compares the query's numbers, entities, negation, operators, direction words
+and wording with the candidate's text, and an embedding cannot give them back; the exact
+tier does not keep it (a hit's prompt is the query itself). Key names hold 12-byte BLAKE2b
+digests of the partition (tenant, model, system prompt, sampling, earlier turns) and of the
+prompt — unkeyed, so a guessable short prompt can be confirmed from a key name. ``keep_text``
+does not apply: a response cache stores text by nature.
 Anyone who can read this Redis database reads every cached prompt and response of every tenant
 for up to ``ttl_s``: give the cache its own Redis (or ACL user limited to this prefix), with a
 password and TLS off-host, and a ``ttl_s`` no longer than the answers may be kept. Nothing
