@@ -2,18 +2,29 @@
 
     python bench/cache_quality.py [MMLU_DIR]
 
-Sets (README "Semantic cache"): ``bench/data/paraphrases.tsv`` (55 hand-written pairs with one
-intent), ``bench/data/near_duplicates.tsv`` (40 pairs differing in a number, an entity, a
-negation or a direction — some lower-case), and MMLU near-duplicates: for each subject, the
-most similar pairs of *different* questions (by the local model's cosine), 300 in all.
+Sets (README "Semantic cache"):
 
-1. Embedder comparison (with the guard): at each model's best threshold with wrong hits
-   ≤ 1%, the paraphrase hit rate; plus load time, per-query time and install size. Baseline
-   in the same run: character-trigram hashing (no model).
-2. The cache as shipped, on the real Redis: every stored prompt in one tenant's partition;
-   paraphrase hit rate, wrong-hit rate on the near-duplicates (with the guard), and the same
-   prompts asked by a second tenant (cross-tenant hits must be 0). A sweep shows the threshold
-   choice. Last line: ``cache_wrong_hit_rate=<value>``.
+- generated (:mod:`cache_paraphrases`): ten request families (word problems, trains, support
+  tickets — long; conversions, percentages, travel, code, comparisons, directions, meetings —
+  short) with random slots, seeds 1–5, 8 instances per family per seed: ~310 paraphrase pairs
+  per seed of six rewording kinds (politeness, synonyms, reorder, how_many, spelling,
+  imperative) and ~216 near misses of five kinds (number, entity, negation, direction,
+  comparison). Generated, not hand-picked, so the guard is not fitted to a fixed list;
+- hand-written: ``bench/data/paraphrases.tsv`` (55 pairs with one intent) and
+  ``bench/data/near_duplicates.tsv`` (40 pairs differing in a number, an entity, a negation or
+  a direction — some lower-case);
+- MMLU near-duplicates: for each subject, the most similar pairs of *different* questions (by
+  the local model's cosine), 300 in all — role swaps, reordered options, one word changed.
+
+1. Embedder comparison (with the guard) on hand + seed 1 + MMLU: at each model's best threshold
+   with wrong hits ≤ 1%, the paraphrase hit rate; plus per-query time and install size.
+   Baseline in the same run: character-trigram hashing (no model).
+2. Threshold sweep with and without the guard (same sets).
+3. The cache as shipped, on the real Redis, once per seed: every stored prompt in its tenant's
+   partition (three tenants), queries through ``get_many`` 64 at a time; right and wrong hits
+   per kind and prompt size; every paraphrase also asked by another tenant (a hit answered
+   from another tenant's entry would be a cross-tenant hit; must be 0). Wrong-hit rate = wrong
+   hits / (paraphrase + near-miss queries). Last line: ``cache_wrong_hit_rate=<value>``.
 """
 
 from __future__ import annotations
@@ -23,11 +34,15 @@ import sys
 import time
 import uuid
 import zlib
+from collections import defaultdict
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import machine, result, settings_with_stack
+from cache_paraphrases import Pair, generate
 
 from spendstream.cache import CacheConfig, CacheRequest, SemanticCache, mismatch
 from spendstream.cache.embedders import LocalEmbedder, normalise
@@ -133,13 +148,28 @@ def install_mb(dist: str) -> float:
     return sum(f.locate().stat().st_size for f in files(dist) or [] if f.locate().exists()) / 1e6
 
 
+@dataclass(frozen=True)
+class Query:
+    tenant: str
+    text: str
+    expect: str | None
+    """The stored prompt whose answer is right (``None``: any hit is wrong)."""
+    label: str
+
+
+TENANTS = ("tenant-a", "tenant-b", "tenant-c")
+HAND_NEAR = 40
+"""The first ``HAND_NEAR`` near-duplicate pairs are the hand-written file's; MMLU's follow."""
+
+
+def tenant_of(prompt: str) -> str:
+    return TENANTS[zlib.crc32(prompt.encode()) % len(TENANTS)]
+
+
 async def on_redis(
-    redis_url: str,
-    stored: list[str],
-    para: list[tuple[str, str]],
-    near: list[tuple[str, str]],
-    similarity: float,
-) -> dict[str, float]:
+    redis_url: str, stored: list[str], queries: list[Query], similarity: float
+) -> dict[str, Any]:
+    """Every stored prompt in its tenant's partition; queries looked up 64 at a time."""
     cfg = CacheConfig(namespace=f"bench-{uuid.uuid4().hex[:8]}", similarity=similarity)
     cache = SemanticCache(redis_url, cfg)
     await cache.start()
@@ -149,31 +179,73 @@ async def on_redis(
             tenant, "gpt-4o-mini", [{"role": "user", "content": q}], {"temperature": 0}
         )
 
+    owner = {p: tenant_of(p) for p in stored}
     try:
-        answer = {p: f"answer-{i}" for i, p in enumerate(stored)}
-        for p in stored:
-            await cache.put(req("tenant-a", p), answer[p], Decimal("0.001"))
-        hits = wrong = 0
-        for orig, q in para:
-            h = await cache.get(req("tenant-a", q))
-            if h is not None:
-                hits += h.response == answer[orig]
-                wrong += h.response != answer[orig]
-        for _, q in near:
-            wrong += (await cache.get(req("tenant-a", q))) is not None
+        items = [(req(owner[p], p), f"{owner[p]}|{p}", Decimal("0.001")) for p in stored]
+        for i in range(0, len(items), 1000):
+            await cache.put_many(items[i : i + 1000])
+        tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # right, wrong, n
         cross = 0
-        for q in [*stored, *(q for _, q in para)]:
-            cross += (await cache.get(req("tenant-b", q))) is not None
-        return {
-            "hit_rate": hits / len(para),
-            "wrong_rate": wrong / (len(para) + len(near)),
-            "cross_tenant_hits": cross,
-            "guard_rejections": cache.stats.guard_rejections,
-            "cross_queries": len(stored) + len(para),
-        }
+        for i in range(0, len(queries), 64):
+            chunk = queries[i : i + 64]
+            hits = await cache.get_many([req(q.tenant, q.text) for q in chunk])
+            for q, h in zip(chunk, hits, strict=True):
+                t = tally[q.label]
+                t[2] += 1
+                if h is None:
+                    continue
+                tenant, prompt = h.response.split("|", 1)
+                cross += tenant != q.tenant
+                right = q.expect is not None and prompt == q.expect and tenant == q.tenant
+                t[0 if right else 1] += 1
+        return {"tally": dict(tally), "cross": cross, "rejections": cache.stats.guard_rejections}
     finally:
         await cache.clear()
         await cache.close()
+
+
+def build_queries(
+    hand_para: list[tuple[str, str]],
+    hand_near: list[tuple[str, str]],
+    gen_para: list[Pair],
+    gen_near: list[Pair],
+) -> tuple[list[str], list[Query]]:
+    """Stored prompts and labelled queries; each query also asked by another tenant."""
+    stored = list(
+        dict.fromkeys([a for a, _ in hand_para + hand_near] + [p.stored for p in gen_para])
+    )
+    stored_set = set(stored)
+    qs = [Query(tenant_of(a), q, a, "para hand") for a, q in hand_para]
+    qs += [Query(tenant_of(a), q, None, "near hand" if k < HAND_NEAR else "near mmlu")
+           for k, (a, q) in enumerate(hand_near) if q not in stored_set]  # fmt: skip
+    qs += [Query(tenant_of(p.stored), p.query, p.stored, f"para {p.size} {p.kind}")
+           for p in gen_para if p.query not in stored_set]  # fmt: skip
+    qs += [Query(tenant_of(p.stored), p.query, None, f"near {p.size} {p.kind}")
+           for p in gen_near if p.query not in stored_set]  # fmt: skip
+    others = [
+        Query(TENANTS[(TENANTS.index(q.tenant) + 1) % len(TENANTS)], q.text, None, "cross-tenant")
+        for q in qs
+        if q.expect is not None
+    ]
+    return stored, qs + others
+
+
+def summarise(tally: dict[str, list[int]]) -> dict[str, float]:
+    """Hit rate of paraphrases, wrong-hit rate over every query that has a right answer or none."""
+    para = [v for k, v in tally.items() if k.startswith("para")]
+    near = [v for k, v in tally.items() if k.startswith("near")]
+    n_para = sum(v[2] for v in para)
+    n_all = n_para + sum(v[2] for v in near)
+    return {
+        "hit_rate": sum(v[0] for v in para) / n_para,
+        "wrong_rate": sum(v[1] for v in para + near) / n_all,
+        "n_para": n_para,
+        "n_near": n_all - n_para,
+    }
+
+
+SEEDS = (1, 2, 3, 4, 5)
+PER_FAMILY = 8
 
 
 def main() -> None:
@@ -185,28 +257,94 @@ def main() -> None:
     load_s = time.perf_counter() - t
     para = pairs("paraphrases.tsv")
     near = pairs("near_duplicates.tsv")
+    assert len(near) == HAND_NEAR
     mm = mmlu_near_duplicates(mmlu, local) if mmlu.exists() else []
     near_all = near + mm
+    gen = {seed: generate(seed, PER_FAMILY) for seed in SEEDS}
+    g_para, g_near = gen[SEEDS[0]]
     print(
-        f"sets: {len(para)} paraphrase pairs, {len(near)} hand near-duplicates, "
-        f"{len(mm)} MMLU near-duplicate pairs" + ("" if mm else f" (no MMLU at {mmlu})")
+        f"sets: {len(para)} hand paraphrase pairs, {len(near)} hand near-duplicates, "
+        f"{len(mm)} MMLU near-duplicate pairs"
+        + ("" if mm else f" (no MMLU at {mmlu})")
+        + f"; generated per seed (seeds {SEEDS}, {PER_FAMILY} per family): "
+        + ", ".join(f"{len(p)} paraphrase + {len(n)} near-miss pairs" for p, n in gen.values())
     )
-    stored = list(dict.fromkeys([a for a, _ in para] + [a for a, _ in near_all]))
+    e_para = para + [(p.stored, p.query) for p in g_para]
+    e_near = near_all + [(p.stored, p.query) for p in g_near]
+    stored = list(dict.fromkeys([a for a, _ in e_para] + [a for a, _ in e_near]))
+    kept = set(stored)  # a generated near miss can be another instance's prompt: not a miss
+    e_para = [(a, q) for a, q in e_para if q not in kept]
+    e_near = [(a, q) for a, q in e_near if q not in kept]
+    compare_embedders(stored, e_para, e_near, local, load_s)
+    sweep(stored, e_para, e_near, local)
 
+    sim = float(CacheConfig().similarity)
+    s = settings_with_stack()  # outside the event loop: its checks run their own
+    print(f"\n3. SemanticCache on Redis (cos>={sim}, guard on, {len(TENANTS)} tenants), per seed:")
+    total: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    cross = n_cross = 0
+    for seed, (gp, gn) in gen.items():
+        st, qs = build_queries(para, near_all, gp, gn)
+        res = asyncio.run(on_redis(s.redis_url, st, qs, sim))
+        for k, v in res["tally"].items():
+            total[k] = [a + b for a, b in zip(total[k], v, strict=True)]
+        cross += res["cross"]
+        n_cross += res["tally"]["cross-tenant"][2]
+        one = summarise({k: v for k, v in res["tally"].items() if k != "cross-tenant"})
+        print(
+            f"  seed {seed}: paraphrase hit rate {one['hit_rate']:.3f} ({one['n_para']} pairs), "
+            f"wrong-hit rate {one['wrong_rate']:.4f} (of {one['n_para'] + one['n_near']}), "
+            f"cross-tenant hits {res['cross']}, guard rejections {res['rejections']}"
+        )
+    print("  per kind, all seeds (right hits / wrong hits / queries):")
+    for k in sorted(total):
+        r, w, n = total[k]
+        print(f"    {k:32s} {r:5d} {w:5d} {n:6d}   hit {r / n:.3f}  wrong {w / n:.4f}")
+    agg = summarise({k: v for k, v in total.items() if k != "cross-tenant"})
+    gen_only = summarise({k: v for k, v in total.items() if " short " in k or " long " in k})
+    print(
+        f"  all seeds: paraphrase hit rate {agg['hit_rate']:.3f} ({agg['n_para']}), generated "
+        f"only {gen_only['hit_rate']:.3f}; wrong-hit rate {agg['wrong_rate']:.4f}; cross-tenant "
+        f"hits {cross} of {n_cross} other-tenant queries"
+    )
+    _, no_guard = rates(stored, e_para, e_near, *embed3(local, stored, e_para, e_near), sim, False)
+    result("cache wrong-hit rate", agg["wrong_rate"], "share", "≤ 0.01", no_guard,
+           "same threshold without the guard (seed 1 + hand + MMLU)")  # fmt: skip
+    result("cache paraphrase hit rate", agg["hit_rate"], "share", "≥ 0.7")
+    result("cache cross-tenant hits", cross, "hits", "0")
+    print(f"cache_paraphrase_hit_rate={agg['hit_rate']:.4f}")
+    print(f"cache_cross_tenant_hits={cross}")
+    print(f"cache_wrong_hit_rate={agg['wrong_rate']:.4f}")
+
+
+def embed3(
+    emb: Any, stored: list[str], para: list[tuple[str, str]], near: list[tuple[str, str]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    e = emb.embed
+    return e(stored), e([q for _, q in para]), e([q for _, q in near])
+
+
+def compare_embedders(
+    stored: list[str],
+    para: list[tuple[str, str]],
+    near: list[tuple[str, str]],
+    local: LocalEmbedder,
+    load_s: float,
+) -> None:
     print("\n1. embedders (with the guard): best paraphrase hit rate with wrong hits <= 1%")
-    models: list[tuple[str, object, float]] = [
-        ("char-trigram-hash (baseline, no model)", TrigramHash(), 0.0),
-        *[(f"wordllama l2_supercat {d}d", LocalEmbedder(d), load_s) for d in (64, 128, 256)],
+    models: list[tuple[str, object]] = [
+        ("char-trigram-hash (baseline, no model)", TrigramHash()),
+        *[(f"wordllama l2_supercat {d}d", LocalEmbedder(d)) for d in (64, 128, 256)],
     ]
-    for name, emb, _ in models:
-        e = emb.embed  # type: ignore[attr-defined]
-        sv, pv, nv = e(stored), e([q for _, q in para]), e([q for _, q in near_all])
+    for name, emb in models:
+        sv, pv, nv = embed3(emb, stored, para, near)
         best = (0.0, 1.0, 0.0)
         for thr in np.arange(0.50, 0.995, 0.025):
-            h, w = rates(stored, para, near_all, sv, pv, nv, float(thr), guard=True)
+            h, w = rates(stored, para, near, sv, pv, nv, float(thr), guard=True)
             if w <= 0.01 and h > best[0]:
                 best = (h, float(thr), w)
         q1 = ["How do I reset my password for the account?"]
+        e = emb.embed  # type: ignore[attr-defined]
         e(q1)
         t0 = time.perf_counter()
         for _ in range(500):
@@ -221,42 +359,22 @@ def main() -> None:
         f"(+ tokenizers {install_mb('tokenizers'):.0f} MB, safetensors)"
     )
 
-    print("\n2. with the guard (256d), threshold sweep:")
-    sv, pv, nv = (
-        local.embed(stored),
-        local.embed([q for _, q in para]),
-        local.embed([q for _, q in near_all]),
-    )
-    for thr in (0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.95):
-        h0, w0 = rates(stored, para, near_all, sv, pv, nv, thr, guard=False)
-        h1, w1 = rates(stored, para, near_all, sv, pv, nv, thr, guard=True)
+
+def sweep(
+    stored: list[str],
+    para: list[tuple[str, str]],
+    near: list[tuple[str, str]],
+    local: LocalEmbedder,
+) -> None:
+    print("\n2. with the guard (256d), threshold sweep (hand + seed 1 + MMLU):")
+    sv, pv, nv = embed3(local, stored, para, near)
+    for thr in (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.95):
+        h0, w0 = rates(stored, para, near, sv, pv, nv, thr, guard=False)
+        h1, w1 = rates(stored, para, near, sv, pv, nv, thr, guard=True)
         print(
             f"  cos>={thr:.2f}: no guard hit {h0:.3f} wrong {w0:.3f} | guard hit {h1:.3f} "
             f"wrong {w1:.3f}"
         )
-    sim = float(CacheConfig().similarity)
-    s = settings_with_stack()  # outside the event loop: its checks run their own
-    res = asyncio.run(on_redis(s.redis_url, stored, para, near_all, sim))
-    print(
-        f"\n3. SemanticCache on Redis (default cos>={sim}, guard on): paraphrase hit rate "
-        f"{res['hit_rate']:.3f}, wrong-hit rate {res['wrong_rate']:.4f}, guard rejections "
-        f"{res['guard_rejections']}, cross-tenant hits {res['cross_tenant_hits']} of "
-        f"{res['cross_queries']} queries"
-    )
-    _, no_guard = rates(stored, para, near_all, sv, pv, nv, sim, guard=False)
-    result(
-        "cache wrong-hit rate",
-        res["wrong_rate"],
-        "share",
-        "≤ 0.01",
-        no_guard,
-        "same threshold without the guard",
-    )
-    result("cache paraphrase hit rate", res["hit_rate"], "share", "")
-    result("cache cross-tenant hits", res["cross_tenant_hits"], "hits", "0")
-    print(f"cache_paraphrase_hit_rate={res['hit_rate']:.4f}")
-    print(f"cache_cross_tenant_hits={res['cross_tenant_hits']}")
-    print(f"cache_wrong_hit_rate={res['wrong_rate']:.4f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from spendstream.cache import CacheConfig, CacheRequest, SemanticCache
-from spendstream.cache.guard import mismatch
+from spendstream.cache.guard import Mismatch, canonical, check, mismatch
+from spendstream.cache.stem import stem
 from spendstream.config import Settings
 from spendstream.events import CacheKind, LLMCallEvent
 from tests.stream_helpers import wait_for_async
@@ -158,10 +159,18 @@ def test_guard_rejects_a_different_amount(stack: Settings) -> None:
         hit = await c.get(req("Please convert 100 USD to EUR"))
         assert hit is not None and hit.response == "92.10 EUR"
 
-    assert mismatch("convert 250 USD to EUR", "convert 100 USD to EUR") == "numbers differ"
-    assert mismatch("Who wrote Hamlet?", "Who wrote Macbeth?") == "entities differ"
-    assert mismatch("Is it safe to fly?", "Is it not safe to fly?") == "negation differs"
-    assert mismatch("Sort in ascending order", "Sort in descending order") is not None
+    assert mismatch("convert 250 USD to EUR", "convert 100 USD to EUR") == (
+        "numbers mismatch: ['250'] vs ['100']"
+    )
+    assert mismatch("Who wrote Hamlet?", "Who wrote Macbeth?") == (
+        "entities mismatch: ['hamlet'] vs ['macbeth']"
+    )
+    assert check("Is it safe to fly?", "Is it not safe to fly?") == Mismatch(
+        "negation", ("0 negations",), ("1 negations",)
+    )
+    assert check("Sort in ascending order", "Sort in descending order") == Mismatch(
+        "operators", ("asc",), ("desc",)
+    )
     run(stack, body)
 
 
@@ -220,3 +229,168 @@ def test_two_processes_share_entries_and_evictions(stack: Settings) -> None:
 
 async def _true(v: bool) -> bool:
     return v
+
+
+TRAIN = (
+    "A train leaves the station at 3 pm travelling at 60 miles per hour. A second train leaves "
+    "the same station at 4 pm travelling at 80 miles per hour on the same track. At what time "
+    "does the second train catch up with the first one?"
+)
+SWAP = (
+    "When an increase in speed doubles the kinetic energy of a moving body its momentum\n"
+    "A. increases but less than doubles\nB. doubles\nC. more than doubles\nD. depends on "
+    "factors not stated\nAnswer:"
+)
+APPLES = "How many apples does Maria have if she buys 5 more at $5 each and already had 12?"
+PARAPHRASES = [
+    (TRAIN, "Please solve: " + TRAIN),
+    (TRAIN, "Could you please work this out for me? " + TRAIN),
+    (APPLES, APPLES.replace("How many", "What number of")),
+    (APPLES, APPLES.replace("$5", "5 dollars")),
+    (APPLES, "What number of apples does Maria have if she buys five more at 5 dollars each "
+     "and already had twelve?"),
+    ("What is 15% of 80?", "What is fifteen percent of 80?"),
+    ("How can I speed up my Python code?", "How do I speed up Python code?"),
+    ("What is the fastest way to get to the airport?", "Fastest way to the airport?"),
+    ("Walk 3 blocks north. Where am I?", "Kindly walk three blocks north. Where am I?"),
+    ("What is the difference between a list and a tuple in Python?",
+     "In Python, what's the difference between a tuple and a list?"),
+]  # fmt: skip
+NEAR_MISSES = [
+    (APPLES, APPLES.replace("buys 5 more", "buys 6 more"), "numbers"),
+    (APPLES, APPLES.replace("$5", "$7"), "numbers"),
+    (APPLES, APPLES.replace("Maria", "Lucas"), "entities"),
+    (TRAIN, TRAIN.replace("second train leaves", "second train never leaves"), "negation"),
+    (TRAIN, TRAIN.replace("80 miles", "90 miles"), "numbers"),
+    ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?",
+     "direction"),
+    ("Sort the numbers in ascending order", "Sort the numbers in descending order", "operators"),
+    ("Is the sum of 3 and 4 greater than 6?", "Is the sum of 3 and 4 less than 6?", "operators"),
+    ("weather in berlin tomorrow", "weather in madrid tomorrow", "substituted content words"),
+    ("Turn left at the bank", "Turn right at the bank", "direction"),
+    ("Is 11 squared larger than 50 times 40?", "Is 50 squared larger than 11 times 40?",
+     "numbers"),
+    (SWAP, SWAP.replace("kinetic energy of a moving body its momentum",
+                        "momentum of a moving body its kinetic energy"), "word order"),
+    ("who wrote hamlet?", "who wrote macbeth?", "substituted content words"),
+    ("Does the package arrive before noon?", "Does the package arrive after noon?", "operators"),
+]  # fmt: skip
+
+
+def test_stemmer_is_porter2_and_leaves_short_function_words_alone() -> None:
+    cases = {
+        "this": "this", "was": "was", "gas": "gas", "news": "news", "running": "run",
+        "hopping": "hop", "hoped": "hope", "cries": "cri", "ties": "tie", "caresses": "caress",
+        "passwords": "password", "agreed": "agre", "relational": "relat", "generously":
+        "generous", "consignment": "consign", "happily": "happili", "skies": "sky",
+        "dying": "die", "succeed": "succeed", "falling": "fall", "filing": "file",
+    }  # fmt: skip
+    assert {w: stem(w) for w in cases} == cases
+    # "does" is a function word: the guard never stems it, so it cannot look like an edit
+    assert check("Does this work on Linux?", "Does this work on linux?") is None
+
+
+def test_numbers_are_normalised_before_they_are_compared() -> None:
+    assert canonical("$5 and twenty-five dollars, 5 percent") == "5 USD and 25 USD, 5%"
+    assert canonical("one hundred and twenty, between five and ten") == "120, between 5 and 10"
+    assert canonical("What number of cats?") == "how many cats?"
+
+
+@pytest.mark.parametrize(("stored", "query"), PARAPHRASES)
+def test_the_guard_lets_rewordings_through(stored: str, query: str) -> None:
+    assert check(query, stored) is None
+
+
+@pytest.mark.parametrize(("stored", "query", "which"), NEAR_MISSES)
+def test_the_guard_refuses_a_changed_meaning_token(stored: str, query: str, which: str) -> None:
+    got = check(query, stored)
+    assert got is not None and got.check == which
+
+
+def test_paraphrases_hit_and_near_misses_miss_on_redis(stack: Settings) -> None:
+    async def body(c: SemanticCache) -> None:
+        for i, p in enumerate(dict.fromkeys(s for s, _ in PARAPHRASES)):
+            await c.put(req(p), f"answer {i}", Decimal("0.001"))
+        answers = {p: f"answer {i}" for i, p in enumerate(dict.fromkeys(s for s, _ in PARAPHRASES))}
+        for stored, query in PARAPHRASES:
+            hit = await c.get(req(query))
+            assert hit is not None and hit.kind is CacheKind.SEMANTIC, query
+            assert hit.response == answers[stored] and hit.cached_prompt == stored
+        refused = 0
+        for _, query, which in NEAR_MISSES[:5]:
+            why = await c.explain(req(query))
+            assert why.outcome == "miss" and why.nearest is not None, query
+            if why.nearest.above_threshold:  # else the embedding alone keeps it out
+                assert why.nearest.mismatch is not None and why.nearest.mismatch.check == which
+                refused += 1
+            assert await c.get(req(query)) is None, query
+        assert refused >= 3  # the guard, not only the threshold, does the work here
+        assert c.stats.hits_semantic == len(PARAPHRASES) and c.stats.misses == 5
+        assert c.stats.guard_rejections >= refused
+
+    run(stack, body)
+
+
+def test_explain_names_the_tier_the_nearest_entry_and_the_failed_check(stack: Settings) -> None:
+    async def body(c: SemanticCache) -> None:
+        empty = await c.explain(req(APPLES))
+        assert (empty.outcome, empty.reason) == ("miss", "no entries in this partition")
+        await c.put(req(APPLES), "17 apples", Decimal("0.001"))
+        exact = await c.explain(req(APPLES))
+        assert exact.outcome == "exact" and exact.candidates == ()
+        para = await c.explain(req(APPLES.replace("$5", "5 dollars")))
+        assert para.outcome == "semantic" and para.threshold == c.config.similarity
+        assert para.nearest is not None and para.nearest.cached_prompt == APPLES
+        assert para.nearest.similarity >= c.config.similarity and para.nearest.mismatch is None
+        near = await c.explain(req(APPLES.replace("buys 5 more", "buys 6 more")))
+        assert near.outcome == "miss" and near.nearest is not None
+        assert near.nearest.above_threshold
+        assert near.nearest.mismatch == Mismatch("numbers", ("6",), ("5",))
+        assert near.reason == "guard refused the nearest entry: numbers mismatch: ['6'] vs ['5']"
+        far = await c.explain(req("Why is the sky blue?"))
+        assert far.outcome == "miss" and far.nearest is not None
+        assert not far.nearest.above_threshold
+        assert far.reason.startswith("nearest entry at cosine ")
+        assert far.reason.endswith(f"is below the threshold {c.config.similarity}")
+        sampled = await c.explain(req(APPLES.replace("$5", "$6"), temperature=0.5))
+        assert sampled.reason == "semantic tier skipped: sampling (temperature > 0)"
+        assert (c.stats.hits_exact, c.stats.hits_semantic, c.stats.misses) == (0, 0, 0)
+
+    run(stack, body)
+
+
+def test_get_many_batches_both_tiers_and_counts_like_get(stack: Settings) -> None:
+    async def body(c: SemanticCache) -> None:
+        assert await c.get_many([]) == []
+        await c.put(req(PW), "pw answer", Decimal("0.001"))
+        await c.put(req(APPLES), "17 apples", Decimal("0.002"))
+        got = await c.get_many(
+            [
+                req(PW),
+                req(PW_PARA),
+                req(APPLES.replace("How many", "What number of")),
+                req(APPLES.replace("Maria", "Lucas")),
+                req("What is the capital of France?"),
+                req(PW, tenant="globex"),
+            ]
+        )
+        kinds = [None if h is None else h.kind for h in got]
+        assert kinds == [CacheKind.EXACT, CacheKind.SEMANTIC, CacheKind.SEMANTIC, None, None, None]
+        assert [h.response for h in got if h is not None] == ["pw answer", "pw answer", "17 apples"]
+        st = c.stats
+        assert (st.hits_exact, st.hits_semantic, st.misses) == (1, 2, 3)
+        assert st.saved_usd == Decimal("0.004")
+
+    run(stack, body)
+
+
+def test_get_many_skips_an_entry_expired_elsewhere(stack: Settings) -> None:
+    async def body(c: SemanticCache) -> None:
+        await c.put(req(PW), "pw answer", Decimal("0.001"))
+        part = req(PW).partition
+        (eid,) = c.indexes[part].slot_of
+        await c.redis.delete(f"{c.prefix}:e:{part}:{eid}")  # as if it expired in Redis
+        assert await c.get_many([req(PW_PARA), req(PW_PARA)]) == [None, None]
+        assert (c.stats.stale, c.stats.misses, len(c.indexes[part])) == (2, 2, 0)  # per lookup
+
+    run(stack, body)

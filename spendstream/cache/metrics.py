@@ -31,7 +31,7 @@ class CacheCollector(Collector):
         for name, doc, value in (
             (
                 "spendstream_cache_guard_rejections",
-                "Semantic candidates the guard refused (numbers, entities or negation differ).",
+                "Semantic candidates the guard refused (a meaning-carrying token differs).",
                 st.guard_rejections,
             ),
             (

@@ -19,11 +19,12 @@ shared ones are refreshed by each put, so they outlive their newest entry by at 
 
 What is stored, and why: the response (it is the answer served) and the cost (the spend a hit
 avoided). The last user message is kept in clear in semantic entries only, because the guard
-(:mod:`.guard`) compares the query's numbers, entities and negation with the candidate's text
-and an embedding cannot give them back; the exact tier does not keep it (a hit's prompt is the
-query itself). Key names hold 12-byte BLAKE2b digests of the partition (tenant, model, system
-prompt, sampling, earlier turns) and of the prompt — unkeyed, so a guessable short prompt can be
-confirmed from a key name. ``keep_text`` does not apply: a response cache stores text by nature.
+(:mod:`.guard`) compares the query's numbers, entities, negation, operators, direction words
+and wording with the candidate's text, and an embedding cannot give them back; the exact
+tier does not keep it (a hit's prompt is the query itself). Key names hold 12-byte BLAKE2b
+digests of the partition (tenant, model, system prompt, sampling, earlier turns) and of the
+prompt — unkeyed, so a guessable short prompt can be confirmed from a key name. ``keep_text``
+does not apply: a response cache stores text by nature.
 Anyone who can read this Redis database reads every cached prompt and response of every tenant
 for up to ``ttl_s``: give the cache its own Redis (or ACL user limited to this prefix), with a
 password and TLS off-host, and a ``ttl_s`` no longer than the answers may be kept. Nothing
@@ -38,6 +39,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -46,8 +48,8 @@ import numpy as np
 
 from ..events import CacheKind, Usage
 from .embedders import Embedder, local_embedder
-from .guard import mismatch
-from .index import PartitionIndex
+from .guard import Mismatch, check
+from .index import Candidate, PartitionIndex
 from .request import CacheRequest
 
 log = logging.getLogger("spendstream.cache")
@@ -83,6 +85,44 @@ class CacheHit:
             "cache_saved_usd": self.cost_usd,
             "usage": Usage(input_tokens=0, output_tokens=0),
         }
+
+
+@dataclass(frozen=True)
+class CandidateCheck:
+    """One nearest entry as :meth:`SemanticCache.explain` saw it."""
+
+    cached_prompt: str
+    similarity: float
+    above_threshold: bool
+    mismatch: Mismatch | None
+    """The guard check that refuses it (``None``: the guard lets it through)."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a lookup hits or misses: ``outcome`` is ``exact``, ``semantic`` or ``miss``."""
+
+    outcome: str
+    reason: str
+    threshold: float
+    candidates: tuple[CandidateCheck, ...] = ()
+    """The nearest entries (at most 4), best first, threshold or not."""
+
+    @property
+    def nearest(self) -> CandidateCheck | None:
+        return self.candidates[0] if self.candidates else None
+
+
+def _miss_reason(checks: tuple[CandidateCheck, ...], thr: float) -> str:
+    if not checks:
+        return "no live entries in this partition"
+    best = checks[0]
+    if not best.above_threshold:
+        return f"nearest entry at cosine {best.similarity:.3f} is below the threshold {thr}"
+    refused = [c for c in checks if c.above_threshold and c.mismatch is not None]
+    if refused:
+        return f"guard refused the nearest entry: {refused[0].mismatch}"
+    return "the matching entry is gone from Redis (expired or evicted)"
 
 
 @dataclass
@@ -221,48 +261,117 @@ class SemanticCache:
         return bool(req.query) and (req.temperature == 0 or self.config.semantic_when_sampling)
 
     async def get(self, req: CacheRequest) -> CacheHit | None:
-        """Exact tier, then semantic (guarded); ``None`` is a miss.
+        """Exact tier, then semantic (guarded); ``None`` is a miss (see :meth:`get_many`)."""
+        return (await self.get_many([req]))[0]
 
-        The exact-tier GET is sent first and the semantic search runs while it is in flight,
-        so a semantic hit costs one round trip of waiting plus the answer's read.
+    async def get_many(self, reqs: Sequence[CacheRequest]) -> list[CacheHit | None]:
+        """Look many requests up with one exact-tier MGET and one pipelined read of the answers.
+
+        The MGET is sent first and the (single, batched) embedding and index searches run while
+        it is in flight, so a semantic hit costs one round trip of waiting plus the answers'
+        read; a candidate found gone from Redis (expired elsewhere) costs one more round.
         """
-        exact = asyncio.ensure_future(self.redis.get(f"{self.prefix}:x:{req.exact_key}"))
+        if not reqs:
+            return []
+        exact = asyncio.ensure_future(
+            self.redis.mget([f"{self.prefix}:x:{r.exact_key}" for r in reqs])
+        )
+        semantic = [i for i, r in enumerate(reqs) if self._searchable(r)]
+        cands: dict[int, list[Candidate]] = {}
+        if semantic:
+            await asyncio.sleep(0)  # let the MGET go out, then embed and search meanwhile
+            vecs = self.embedder.embed([reqs[i].query for i in semantic])
+            now = time.time()
+            for i, q in zip(semantic, vecs, strict=True):
+                cands[i] = self.indexes[reqs[i].partition].search(q, self.config.similarity, now)
+        out: list[CacheHit | None] = [None] * len(reqs)
+        for i, raw in enumerate(await exact):
+            if raw is not None:
+                d = json.loads(raw)
+                cost = Decimal(d["cost_usd"])
+                self.stats.hits_exact += 1
+                self.stats.saved_usd += cost
+                out[i] = CacheHit(CacheKind.EXACT, d["response"], cost, 1.0, reqs[i].query)
+                cands.pop(i, None)
+        await self._serve_semantic(reqs, cands, out)
+        self.stats.misses += sum(h is None for h in out)
+        return out
+
+    def _searchable(self, req: CacheRequest) -> bool:
         idx = self.indexes.get(req.partition)
-        semantic = idx is not None and len(idx) > 0 and self.semantic_allowed(req)
-        cands = []
-        if semantic and idx is not None:
-            await asyncio.sleep(0)  # let the GET go out, then embed and search meanwhile
-            q = self.embedder.embed([req.query])[0]
-            cands = idx.search(q, self.config.similarity, time.time())
-        raw = await exact
-        if raw is not None:
-            d = json.loads(raw)
-            self.stats.hits_exact += 1
-            cost = Decimal(d["cost_usd"])
-            self.stats.saved_usd += cost
-            return CacheHit(CacheKind.EXACT, d["response"], cost, 1.0, req.query)
-        if idx is None or not semantic:
-            self.stats.misses += 1
-            return None
-        for cand in cands:
-            why = mismatch(req.query, cand.prompt)
-            if why is not None:
-                self.stats.guard_rejections += 1
-                log.debug("cache guard: %s (%r vs %r)", why, req.query, cand.prompt)
-                continue
-            got = await self.redis.hmget(
-                f"{self.prefix}:e:{req.partition}:{cand.entry_id}", "response", "cost"
-            )
-            if got[0] is None:
-                self.stats.stale += 1
-                idx.remove(cand.entry_id)
-                continue
-            cost = Decimal(got[1].decode())
-            self.stats.hits_semantic += 1
-            self.stats.saved_usd += cost
-            return CacheHit(CacheKind.SEMANTIC, got[0].decode(), cost, cand.score, cand.prompt)
-        self.stats.misses += 1
+        return idx is not None and len(idx) > 0 and self.semantic_allowed(req)
+
+    def _next_passing(self, query: str, cands: list[Candidate]) -> Candidate | None:
+        """Pop candidates until one passes the guard (rejections counted and logged)."""
+        while cands:
+            cand = cands.pop(0)
+            why = check(query, cand.prompt)
+            if why is None:
+                return cand
+            self.stats.guard_rejections += 1
+            log.debug("cache guard: %s (%r vs %r)", why, query, cand.prompt)
         return None
+
+    async def _serve_semantic(
+        self,
+        reqs: Sequence[CacheRequest],
+        cands: dict[int, list[Candidate]],
+        out: list[CacheHit | None],
+    ) -> None:
+        """Fill ``out`` with guarded semantic hits, one pipelined answer read per round."""
+        while cands:
+            chosen = {
+                i: c for i, cl in cands.items() if (c := self._next_passing(reqs[i].query, cl))
+            }
+            if not chosen:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for i, cand in chosen.items():
+                pipe.hmget(
+                    f"{self.prefix}:e:{reqs[i].partition}:{cand.entry_id}", "response", "cost"
+                )
+            for (i, cand), got in zip(chosen.items(), await pipe.execute(), strict=True):
+                if got[0] is None:
+                    self.stats.stale += 1
+                    self.indexes[reqs[i].partition].remove(cand.entry_id)
+                    continue
+                cost = Decimal(got[1].decode())
+                self.stats.hits_semantic += 1
+                self.stats.saved_usd += cost
+                out[i] = CacheHit(
+                    CacheKind.SEMANTIC, got[0].decode(), cost, cand.score, cand.prompt
+                )
+                del cands[i]
+            cands = {i: cl for i, cl in cands.items() if cl}
+
+    async def explain(self, req: CacheRequest) -> Explanation:
+        """Why ``req`` would hit or miss now: tier, nearest entries, similarity, guard verdicts.
+
+        A diagnostic: it reads Redis and the index like :meth:`get` but changes no stats.
+        """
+        thr = self.config.similarity
+        if await self.redis.exists(f"{self.prefix}:x:{req.exact_key}"):
+            return Explanation("exact", "same prompt in the same partition", thr)
+        idx = self.indexes.get(req.partition)
+        if not self.semantic_allowed(req):
+            why = "no user message" if not req.query else "sampling (temperature > 0)"
+            return Explanation("miss", f"semantic tier skipped: {why}", thr)
+        if idx is None or len(idx) == 0:
+            return Explanation("miss", "no entries in this partition", thr)
+        q = self.embedder.embed([req.query])[0]
+        near = idx.search(q, -1.0, time.time())
+        checks = tuple(
+            CandidateCheck(c.prompt, c.score, c.score >= thr, check(req.query, c.prompt))
+            for c in near
+        )
+        for c, cand in zip(checks, near, strict=True):
+            if c.above_threshold and c.mismatch is None:
+                key = f"{self.prefix}:e:{req.partition}:{cand.entry_id}"
+                if await self.redis.exists(key):
+                    return Explanation(
+                        "semantic", f"cosine {c.similarity:.3f} >= {thr}", thr, checks
+                    )
+        return Explanation("miss", _miss_reason(checks, thr), thr, checks)
 
     async def put(self, req: CacheRequest, response: str, cost_usd: Decimal) -> None:
         """Store an answer in both tiers (semantic only when it may be served semantically)."""
