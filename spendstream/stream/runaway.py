@@ -79,6 +79,13 @@ Z = 2.0
 """Robust standard deviations above the median (log scale)."""
 ACTIVE_SHARE = 0.8
 """Share of the window's minutes a session must have calls in."""
+TAIL_FROM = 0.5
+"""Score above which session peaks make the tail: half-way to a page (an octave below)."""
+TAIL_N = 10
+"""Sessions over :data:`TAIL_FROM` (effective, in a span) before the tail replaces k = 1."""
+WEEK = 7 * 1440
+X_BINS = 16
+"""Bins per octave of the busiest-score histogram (4.4% steps: k sits near 1–3)."""
 MEASURED = (
     "10 calls/min: recall in reach 29/34 = 0.85, 0 false pages/week, delay 8 min (the endpoint "
     "detector paged for 20 of the missed loops); 100: 34/34 = 1.00, 4.67/week, 8 min; "
@@ -93,13 +100,13 @@ def _bin(spend: float) -> int:
     return math.floor(BINS_PER_OCTAVE * math.log2(max(spend, 1.0)))
 
 
-def _quantile(hist: list[tuple[float, float]], q: float) -> float:
+def _quantile(hist: list[tuple[float, float]], q: float, bins: int = BINS_PER_OCTAVE) -> float:
     """The ``q`` quantile of weighted points (value, weight), interpolated within a bin."""
     total = sum(w for _, w in hist)
     need, acc = q * total, 0.0
     for x, w in hist:
         if acc + w >= need:
-            return x + (need - acc) / w / BINS_PER_OCTAVE if w > 0 else x
+            return x + (need - acc) / w / bins if w > 0 else x
         acc += w
     return hist[-1][0] if hist else 0.0
 
@@ -137,12 +144,37 @@ class RunawayRule:
         self.cfg = cfg
 
     def threshold(self, rw: dict[str, Any]) -> float | None:
-        """Spend per minute (pico) above which a session is far above its peers."""
+        """Base spend per minute (pico) of a runaway: ×ratio the typical session-minute and
+        :data:`Z` standard errors of a window mean (one session's comparison, before the
+        multiple-comparisons factor :meth:`factor`)."""
         ref = reference(rw)
         if ref is None or rw.get("m", 0) < self.cfg.min_baseline_minutes:
             return None
         med, sigma = ref
         return float(2**med * max(self.cfg.runaway_ratio, self._sampling_bound(sigma)))
+
+    def factor(self, rw: dict[str, Any]) -> float:
+        """k ≥ 1: a session pages when its score reaches k. Peaks over threshold on the
+        decayed histogram of the peak scores of the endpoint's past sessions (weight per minute:
+        a rate): λ_u sessions a minute peak above u = :data:`TAIL_FROM`, their excess is
+        exponential (the generalised Pareto with ξ = 0, β its mean), so k = u + β·ln(λ_u /
+        target) is reached by ``runaway_false_per_week`` sessions a week; 1 before
+        :data:`TAIL_N` such sessions in a span, or when λ_u itself is under the target."""
+        span = min(rw.get("m", 0), SPAN)
+        top = [(math.pow(2, int(b) / X_BINS), float(w)) for b, w in rw.get("x", {}).items()]
+        top = [(v, w) for v, w in top if v >= TAIL_FROM]
+        lam = sum(w for _, w in top)
+        target = self.cfg.runaway_false_per_week / WEEK  # per minute with sessions
+        if lam * span < TAIL_N or lam <= target:
+            return 1.0
+        mid = math.pow(2, 0.5 / X_BINS)  # a bin's geometric middle
+        beta = sum((v * mid - TAIL_FROM) * w for v, w in top) / lam
+        return max(1.0, TAIL_FROM + beta * math.log(lam / target))
+
+    def score(self, win: Window, base: float) -> float:
+        """How far a session is into runaway land: 1 at the base rate and min_calls."""
+        rate = win.spend / self.cfg.runaway_minutes
+        return min(win.calls / self.cfg.runaway_min_calls, rate / base)
 
     def _sampling_bound(self, sigma: float) -> float:
         """Z standard errors above the mean of ``A`` active minutes of a log-normal session
@@ -154,35 +186,59 @@ class RunawayRule:
     def close_minute(
         self, scope: str, rw: dict[str, Any], minute: int, agg: Agg, org: Org | None
     ) -> list[Alert]:
-        thr = self.threshold(rw)
+        base = self.threshold(rw)
+        k = self.factor(rw)
+        thr = None if base is None else base * k
         self._track(rw, minute, agg)
         alerts: list[Alert] = []
         over: set[str] = set()
-        w_min = self.cfg.runaway_minutes
         for sid, entries in sorted(rw.get("t", {}).items()):
             win = _window(entries)
-            rate = win.spend / w_min
+            rate = win.spend / self.cfg.runaway_minutes
             if thr is not None and rate >= thr:
                 over.add(sid)
             if sid in rw.get("open", {}):
                 alerts += self._maybe_resolve(scope, rw, sid, minute, win, thr)
             elif (
-                thr is not None
+                base is not None
                 and len(rw.get("open", {})) < MAX_OPEN
-                and self._runaway(win, rate, thr)
+                and self._candidate(win)
+                and self.score(win, base) >= k
             ):
-                alerts.append(self._fire(scope, rw, sid, minute, win, thr, org))
+                alerts.append(self._fire(scope, rw, sid, minute, win, base * k, org))
+        if base is not None and (agg.sessions or agg.srest[0]):
+            fired = {a.details["session_id"] for a in alerts if a.status == "firing"}
+            self._learn_tail(rw, fired, base)
         self._learn(rw, agg, over | set(rw.get("open", {})))
         return alerts
 
-    def _runaway(self, win: Window, rate: float, thr: float) -> bool:
+    def _candidate(self, win: Window) -> bool:
+        """Scored at all: active in most minutes and material over a day (score decides)."""
         cfg = self.cfg
-        return (
-            rate >= thr
-            and win.active >= math.ceil(ACTIVE_SHARE * cfg.runaway_minutes)
-            and win.calls >= cfg.runaway_min_calls
-            and rate * 1440 >= usd_to_pico(cfg.runaway_usd_per_day)
+        rate = win.spend / cfg.runaway_minutes
+        return win.active >= math.ceil(ACTIVE_SHARE * cfg.runaway_minutes) and (
+            rate * 1440 >= usd_to_pico(cfg.runaway_usd_per_day)
         )
+
+    def _learn_tail(self, rw: dict[str, Any], fired: set[str], base: float) -> None:
+        """Keep each scored session's peak score; when it leaves the tracked set, add the peak
+        to the decayed histogram (a firing session's peak is not learned)."""
+        pk: dict[str, float] = rw.setdefault("pk", {})
+        t = rw.get("t", {})
+        opened = rw.get("open", {})
+        for sid, entries in t.items():
+            if sid in fired or sid in opened:
+                pk.pop(sid, None)
+            elif self._candidate(w := _window(entries)):
+                pk[sid] = round(max(pk.get(sid, 0.0), self.score(w, base)), 4)
+        a = max(1.0 / SPAN, 1.0 / (rw.get("m", 0) + 1))
+        x = {b: w * (1 - a) for b, w in rw.get("x", {}).items() if w * (1 - a) >= 1e-5}
+        for sid in [s for s in pk if s not in t]:
+            peak = pk.pop(sid)
+            if peak > 0:
+                b = str(math.floor(X_BINS * math.log2(peak)))
+                x[b] = x.get(b, 0.0) + a
+        rw["x"] = {b: round(w, 7) for b, w in x.items()}
 
     def _track(self, rw: dict[str, Any], minute: int, agg: Agg) -> None:
         """Add the minute's top sessions, drop minutes out of the window, keep the biggest."""
