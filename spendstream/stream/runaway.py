@@ -14,20 +14,48 @@ over about a day (:data:`SPAN`). A session's statistic is its spend over the tra
 ``runaway_minutes`` (idle minutes count as zero) divided by the window: a loop is active
 every minute, a person is not, so the comparison is already conservative for people.
 
-**When it fires.** Robust, on the log scale, from the histogram's median m and σ = 1.4826·MAD
-(log₂ → nats): the threshold is ``e^m · max(runaway_ratio, e^{σ²/2}·(1 + Z·√((e^{σ²}−1)/A)))``,
-i.e. at least ×``runaway_ratio`` the typical session-minute, and :data:`Z` standard errors above
-the mean of ``A`` = 80% of the window's active minutes of a log-normal session with that spread
-(the session's figure is a mean over the window, so its spread is that of a mean, not of one
-minute: with one minute's 3·σ the bound was ×20 the median at σ ≈ 1 and a loop of 25 calls/min
-was needed). The session must also *keep going*: calls in ≥ 80% of the window's minutes and ≥
-``runaway_min_calls`` (60: a call every ≤ 10 s for the whole window) in it — an agent loop, not
-one expensive call nor a person reading answers; with 40 the bench's long human sessions at a
-call every 15–20 s paged ~2×/day at 100 calls/min — and its rate projected over a day must reach
-``runaway_usd_per_day``. No fire before ``min_baseline_minutes`` minutes with sessions and
-:data:`MIN_OBS` observations. Critical when the rate is also material for the organisation (the
-detector's :func:`.detector.material`), else a warning. A session over the threshold (or open)
-teaches the histogram nothing.
+**The base.** Robust, on the log scale, from the histogram's median m and σ = 1.4826·MAD
+(log₂ → nats): ``B = e^m · max(runaway_ratio, e^{σ²/2}·(1 + Z·√((e^{σ²}−1)/A)))``, i.e. at
+least ×``runaway_ratio`` the typical session-minute, and :data:`Z` standard errors above the
+mean of ``A`` = 80% of the window's active minutes of a log-normal session with that spread
+(the session's figure is a mean over the window, so its spread is that of a mean). A tracked
+session is *scored* when it had calls in ≥ 80% of the window's minutes and its rate projected
+over a day reaches ``runaway_usd_per_day``; its **score** is min(calls in the window /
+``runaway_min_calls``, window rate / B): 1 = a call every ≤ 10 s (60 in 10 min) at the base
+rate — the rule before issue 17's second round fired at score ≥ 1.
+
+**Why a fixed bar fails, and the factor k.** B is one session's comparison; a busy endpoint
+makes hundreds of them a minute, so ordinary sessions cross a fixed bar in proportion to the
+traffic (multiple comparisons). Measured on the bench (seed 0, 1,000 calls/min): ~30 sessions a
+day peak at score ≥ 0.5 and ~2 a day at ≥ 1 — people whose think time drew ≤ 11 s, 100–174
+calls — so a bar at 1 paged 10.3 times a week. A session pages when its score reaches
+**k ≥ 1**, set for ``runaway_false_per_week`` false pages per endpoint-week: each scored
+session's *peak* score is kept while it is tracked and, when it leaves, added to a decayed
+histogram (16 bins/octave, weight 1/:data:`SPAN` per session: the weights are a rate per
+minute; one value per session is the natural declustering, so the overlap of consecutive
+windows needs no extremal index). Peaks over threshold at u = :data:`TAIL_FROM` (half-way to a
+page): λ_u sessions a minute exceed u, their excesses are exponential with mean β (the
+generalised Pareto with ξ = 0: log-normal think times and costs put the score in the Gumbel
+domain), so k = u + β·ln(λ_u / target) with target = false pages per week / 10,080 minutes.
+Measured k: 1.5–1.7 at 1,000 calls/min. An exponential excess on the *log* score (a Pareto
+tail, heavier than log-normal) gave k 2.3–4.7 there and recall in reach 0.24 — too
+conservative. A firing session's peak is not learned (a censoring of ≤ the target rate); a loop
+that does not fire is (it is traffic the rule could not tell from people, and raises k a
+little). With under :data:`TAIL_N` sessions over u in a span, or λ_u under the target, k = 1:
+a quiet endpoint makes few comparisons and keeps the single-session bar (10 calls/min:
+unchanged, 0 false pages).
+
+**What cannot be separated.** A person at loop pace for 15–25 minutes is, in every figure the
+rule sees (pace, spend per call, active minutes), a 15–25-minute loop; only duration tells
+them apart, and waiting 25 minutes for every loop would triple the delay (8 min). So on a busy
+endpoint the rule raises k instead and misses the slowest loops within reach (a call every
+6–8 s at about the endpoint's cost): recall in reach at 1,000 calls/min 0.76 → 0.68 for false
+pages 10.3 → 1.4 a week. The endpoint detector still sees loops that move the aggregate.
+
+No fire before ``min_baseline_minutes`` minutes with sessions and :data:`MIN_OBS` observations.
+Critical when the rate is also material for the organisation (the detector's
+:func:`.detector.material`), else a warning. A session over the threshold (B·k, or open) teaches
+the session-minute histogram nothing.
 
 **Tracking.** Each minute the window's top sessions join the tracked set; it keeps the
 :data:`TRACK` with the largest window spend × share of minutes active since first seen (a loop
@@ -45,9 +73,11 @@ episode of the same session is a new alert. At most :data:`MAX_OPEN` open per en
 (a deploy that makes every session loop is the endpoint detector's incident).
 
 **Bounded state** per endpoint: ≤ ~60 histogram bins (15 with 1,000 sessions a minute),
-≤ :data:`TRACK` tracked sessions plus the open ones × ≤ ``runaway_minutes`` active minutes each:
-≤ 24 × (40 + 10 × 30) B ≈ 8 KB JSON with UUID ids whatever the number of sessions; 1.8 KB
-measured with 1,000 new UUID sessions a minute for 300 minutes (the test: 100,000 distinct).
+≤ ~50 peak-score bins (16 an octave from 0.5 to about k: a peak over k fired, is not kept),
+one peak per tracked session, ≤ :data:`TRACK` tracked sessions plus the open ones × ≤
+``runaway_minutes`` active minutes each: ≤ 24 × (40 + 10 × 30) B + ~1.5 KB ≈ 10 KB JSON with
+UUID ids whatever the number of sessions; 1.8 KB measured with 1,000 new UUID sessions a
+minute for 300 minutes (the test: 100,000 distinct).
 
 **Measured** with ``python bench/runaway_quality.py --seeds 0,1,2,3,4 --days 4`` (one endpoint,
 5 seeds × 3 scored days per scale; see its docstring for the traffic): see :data:`MEASURED`.
@@ -76,7 +106,7 @@ MAX_OPEN = 8
 MIN_OBS = 50
 """Session-minutes in the histogram before the rule may fire."""
 Z = 2.0
-"""Robust standard deviations above the median (log scale)."""
+"""Standard errors of a window mean above the typical session (one session's comparison)."""
 ACTIVE_SHARE = 0.8
 """Share of the window's minutes a session must have calls in."""
 TAIL_FROM = 0.5
@@ -235,7 +265,7 @@ class RunawayRule:
         x = {b: w * (1 - a) for b, w in rw.get("x", {}).items() if w * (1 - a) >= 1e-5}
         for sid in [s for s in pk if s not in t]:
             peak = pk.pop(sid)
-            if peak > 0:
+            if peak >= TAIL_FROM:  # lower peaks are never used
                 b = str(math.floor(X_BINS * math.log2(peak)))
                 x[b] = x.get(b, 0.0) + a
         rw["x"] = {b: round(w, 7) for b, w in x.items()}
