@@ -240,8 +240,9 @@ def main() -> None:
             f"{tot['pages'] / max(tot['hit'], 1):.2f} | {fpw:.2f} | {delay} | {tot['endpoint']} |"
         )
         worst_recall, worst_false = min(worst_recall, rr), max(worst_false, fpw)
-        result(f"runaway recall in reach at {scale:.0f} calls/min", rr, "share", ">= 0.95")
-        result(f"runaway false pages at {scale:.0f} calls/min", fpw, "per week", "<= 1")
+        at = f"{scale:.0f} calls/min" + ("" if args.shape == "base" else f", {args.shape}")
+        result(f"runaway recall in reach at {at}", rr, "share", ">= 0.95")
+        result(f"runaway false pages at {at}", fpw, "per week", "<= 1")
     print(f"cpu {time.process_time() - t0:.1f} s")
     print(f"RUNAWAY_RECALL_IN_REACH_MIN={worst_recall:.3f}")
 

@@ -193,12 +193,15 @@ class RunawayRule:
         span = min(rw.get("m", 0), SPAN)
         top = [(math.pow(2, int(b) / X_BINS), float(w)) for b, w in rw.get("x", {}).items()]
         top = [(v, w) for v, w in top if v >= TAIL_FROM]
-        lam = sum(w for _, w in top)
+        seen = sum(w for _, w in top)
+        cens, cens_ex = (float(c) for c in rw.get("xc", [0.0, 0.0]))
+        lam = seen + cens
         target = self.cfg.runaway_false_per_week / WEEK  # per minute with sessions
-        if lam * span < TAIL_N or lam <= target:
+        if seen * span < TAIL_N or lam <= target:
             return 1.0
         mid = math.pow(2, 0.5 / X_BINS)  # a bin's geometric middle
-        beta = sum((v * mid - TAIL_FROM) * w for v, w in top) / lam
+        # exponential MLE with right-censoring: all excesses (censored ones at k) / observed
+        beta = (sum((v * mid - TAIL_FROM) * w for v, w in top) + cens_ex) / seen
         return max(1.0, TAIL_FROM + beta * math.log(lam / target))
 
     def score(self, win: Window, base: float) -> float:
@@ -238,7 +241,7 @@ class RunawayRule:
                 alerts.append(self._fire(scope, rw, sid, minute, win, base * k, org))
         if base is not None and (agg.sessions or agg.srest[0]):
             fired = {a.details["session_id"] for a in alerts if a.status == "firing"}
-            self._learn_tail(rw, fired, base)
+            self._learn_tail(rw, fired, base, k)
         self._learn(rw, agg, over | set(rw.get("open", {})))
         return alerts
 
@@ -250,18 +253,24 @@ class RunawayRule:
             rate * 1440 >= usd_to_pico(cfg.runaway_usd_per_day)
         )
 
-    def _learn_tail(self, rw: dict[str, Any], fired: set[str], base: float) -> None:
+    def _learn_tail(self, rw: dict[str, Any], fired: set[str], base: float, k: float) -> None:
         """Keep each scored session's peak score; when it leaves the tracked set, add the peak
-        to the decayed histogram (a firing session's peak is not learned)."""
+        to the decayed histogram. A firing session's peak is only known to be ≥ k: it counts
+        as censored there (``xc``: rate, rate × excess), else the tail would lose its top."""
         pk: dict[str, float] = rw.setdefault("pk", {})
         t = rw.get("t", {})
         opened = rw.get("open", {})
+        a = max(1.0 / SPAN, 1.0 / (rw.get("m", 0) + 1))
+        cens, cens_ex = (c * (1 - a) for c in rw.get("xc", [0.0, 0.0]))
         for sid, entries in t.items():
-            if sid in fired or sid in opened:
+            if sid in fired:
+                pk.pop(sid, None)
+                cens, cens_ex = cens + a, cens_ex + a * (k - TAIL_FROM)
+            elif sid in opened:
                 pk.pop(sid, None)
             elif self._candidate(w := _window(entries)):
                 pk[sid] = round(max(pk.get(sid, 0.0), self.score(w, base)), 4)
-        a = max(1.0 / SPAN, 1.0 / (rw.get("m", 0) + 1))
+        rw["xc"] = [round(cens, 7), round(cens_ex, 7)]
         x = {b: w * (1 - a) for b, w in rw.get("x", {}).items() if w * (1 - a) >= 1e-5}
         for sid in [s for s in pk if s not in t]:
             peak = pk.pop(sid)
