@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     alert_runaway_ratio: float = Field(4.0, gt=1)
     alert_runaway_min_calls: int = Field(60, ge=2)
     alert_runaway_usd_per_day: Decimal = Field(Decimal("1"), ge=0)
+    alert_runaway_false_pages_per_week: float = Field(1.0, gt=0)
     alert_webhook_url: SecretStr | None = None
     """Relay target when neither ``--webhook`` nor ``--webhook-file`` is given (not in argv)."""
     alert_relay_max_per_minute: int = Field(20, ge=1)
@@ -232,6 +233,7 @@ class Settings(BaseSettings):
             runaway_ratio=self.alert_runaway_ratio,
             runaway_min_calls=self.alert_runaway_min_calls,
             runaway_usd_per_day=self.alert_runaway_usd_per_day,
+            runaway_false_per_week=self.alert_runaway_false_pages_per_week,
             budgets=self.budgets,
         )
 

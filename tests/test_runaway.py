@@ -14,7 +14,7 @@ import pytest
 from spendstream.alerts import Alert
 from spendstream.config import Settings
 from spendstream.stream.rules import RuleConfig, ScopeRules
-from spendstream.stream.runaway import TRACK
+from spendstream.stream.runaway import TRACK, RunawayRule
 from spendstream.stream.windows import TOP_SESSIONS, Agg
 
 SCOPE = "endpoint:agent/run"
@@ -233,3 +233,23 @@ def test_only_endpoint_windows_carry_sessions() -> None:
     assert {k: v[1] for k, v in ep.sessions.items()} == {"s0": 3, "s1": 2, "s2": 2}
     assert sum(v[0] for v in ep.sessions.values()) == sum(c.cost_pico for c in calls[:7])
     assert by_scope and all(a.sessions == {} and "ss" not in a.to_dict() for a in by_scope.values())
+
+
+def test_a_busy_endpoint_raises_the_bar_so_people_at_loop_pace_stop_paging() -> None:
+    """With sessions often half-way to a page, the tail sets k > 1: a person at 7 calls/min
+    for 20 minutes (score 1.17) pages on a quiet endpoint but not here; a loop still does."""
+    quiet = Endpoint()
+    quiet.run(120)
+    fast_person = {"fast-person": [7 * COST, 7]}
+    assert [a.status for a in quiet.run(20, fast_person)] == ["firing"]
+
+    busy = Endpoint()
+    busy.run(120)
+    for i in range(24):  # 12 hours: every 30 minutes a session at 5 calls/min for 15 minutes
+        busy.run(15, {f"brisk-{i}": [5 * COST, 5]})
+        busy.run(15)
+    k = RunawayRule(RuleConfig()).factor(busy.state["rw"])
+    assert 1.3 < k < 3.0
+    assert busy.run(20, fast_person) + busy.run(15) == []
+    fired = busy.run(20, {"agent-9": [20 * 2 * COST, 20]})  # every 3 s at 2× the cost
+    assert [(a.status, a.details["session_id"]) for a in fired] == [("firing", "agent-9")]

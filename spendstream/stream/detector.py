@@ -77,11 +77,13 @@ class DetectorConfig:
     runaway_minutes: int = 10
     """Trailing window of the runaway-session rule (:mod:`.runaway`)."""
     runaway_ratio: float = 4.0
-    """A runaway session spends at least this × a typical session's rate (and 3 robust σ)."""
+    """A runaway session spends at least this × a typical session's rate (and the tail bound)."""
     runaway_min_calls: int = 60
     """Calls in the window a runaway session needs (a loop, not one expensive call)."""
     runaway_usd_per_day: Decimal = Decimal("1")
     """A session's rate projected over a day must reach this to page."""
+    runaway_false_per_week: float = 1.0
+    """False runaway pages per endpoint-week the threshold is set for (extreme-value tail)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,20 +14,57 @@ over about a day (:data:`SPAN`). A session's statistic is its spend over the tra
 ``runaway_minutes`` (idle minutes count as zero) divided by the window: a loop is active
 every minute, a person is not, so the comparison is already conservative for people.
 
-**When it fires.** Robust, on the log scale, from the histogram's median m and σ = 1.4826·MAD
-(log₂ → nats): the threshold is ``e^m · max(runaway_ratio, e^{σ²/2}·(1 + Z·√((e^{σ²}−1)/A)))``,
-i.e. at least ×``runaway_ratio`` the typical session-minute, and :data:`Z` standard errors above
-the mean of ``A`` = 80% of the window's active minutes of a log-normal session with that spread
-(the session's figure is a mean over the window, so its spread is that of a mean, not of one
-minute: with one minute's 3·σ the bound was ×20 the median at σ ≈ 1 and a loop of 25 calls/min
-was needed). The session must also *keep going*: calls in ≥ 80% of the window's minutes and ≥
-``runaway_min_calls`` (60: a call every ≤ 10 s for the whole window) in it — an agent loop, not
-one expensive call nor a person reading answers; with 40 the bench's long human sessions at a
-call every 15–20 s paged ~2×/day at 100 calls/min — and its rate projected over a day must reach
-``runaway_usd_per_day``. No fire before ``min_baseline_minutes`` minutes with sessions and
-:data:`MIN_OBS` observations. Critical when the rate is also material for the organisation (the
-detector's :func:`.detector.material`), else a warning. A session over the threshold (or open)
-teaches the histogram nothing.
+**The base.** Robust, on the log scale, from the histogram's median m and σ = 1.4826·MAD
+(log₂ → nats): ``B = e^m · max(runaway_ratio, e^{σ²/2}·(1 + Z·√((e^{σ²}−1)/A)))``, i.e. at
+least ×``runaway_ratio`` the typical session-minute, and :data:`Z` standard errors above the
+mean of ``A`` = 80% of the window's active minutes of a log-normal session with that spread
+(the session's figure is a mean over the window, so its spread is that of a mean). A tracked
+session is *scored* when it had calls in ≥ 80% of the window's minutes and its rate projected
+over a day reaches ``runaway_usd_per_day``; its **score** is min(calls in the window /
+``runaway_min_calls``, window rate / B): 1 = a call every ≤ 10 s (60 in 10 min) at the base
+rate — the rule before issue 17's second round fired at score ≥ 1.
+
+**Why a fixed bar fails, and the factor k.** B is one session's comparison; a busy endpoint
+makes hundreds of them a minute, so ordinary sessions cross a fixed bar in proportion to the
+traffic (multiple comparisons). Measured on the bench (seed 0, 1,000 calls/min): ~30 sessions a
+day peak at score ≥ 0.5 and ~2 a day at ≥ 1 — people whose think time drew ≤ 11 s, 100–174
+calls — so a bar at 1 paged 10.3 times a week. A session pages when its score reaches
+**k ≥ 1**, set for ``runaway_false_per_week`` false pages per endpoint-week: each scored
+session's *peak* score is kept while it is tracked and, when it leaves, added to a decayed
+histogram (16 bins/octave, weight 1/:data:`SPAN` per session: the weights are a rate per
+minute; one value per session is the natural declustering, so the overlap of consecutive
+windows needs no extremal index). Peaks over threshold at u = :data:`TAIL_FROM` (half-way to a
+page): λ_u sessions a minute exceed u, their excesses are exponential with mean β (the
+generalised Pareto with ξ = 0: log-normal think times and costs put the score in the Gumbel
+domain), so k = u + β·ln(λ_u / target) with target = false pages per week / 10,080 minutes.
+Measured k: 1.5–1.7 at 1,000 calls/min. An exponential excess on the *log* score (a Pareto
+tail, heavier than log-normal) gave k 2.3–4.7 there and recall in reach 0.24 — too
+conservative. A firing session's peak is only known to be ≥ k: it counts in λ_u and as an
+excess censored at k − u (the exponential MLE with right-censoring: β = all excesses / the
+observed ones). Dropping it instead lost the tail's top whenever k was low (k 1.1 with no peak
+≥ 1 learned; 2.8 false pages/week at 100 calls/min on ``--shape wide``, 0.93 with censoring,
+TAIL_N 10).
+Loops count too (≤ 6 a day on the bench, capped at k: they raise k a little); a loop that does
+not fire is learned as it is (traffic the rule could not tell from people). With under
+:data:`TAIL_N` sessions over u in a span, or λ_u under the target, k = 1: a quiet endpoint
+makes few comparisons and keeps the single-session bar. TAIL_N is the one trade-off constant:
+with 10, k fell back to 1 at 5,000 calls/min whenever under 10 sessions a day got half-way
+(most sessions are never seen for 8 minutes outside the top 16) and paged 8.6 times a week; with
+3, recall in reach at 10 calls/min fell 0.85 → 0.56 (β from three peaks, loops among them);
+5: 0.78 a week at 5,000 and 0.79 recall at 10 (figures at 100 and 1,000 calls/min were the same
+with 3 and 10).
+
+**What cannot be separated.** A person at loop pace for 15–25 minutes is, in every figure the
+rule sees (pace, spend per call, active minutes), a 15–25-minute loop; only duration tells
+them apart, and waiting 25 minutes for every loop would triple the delay (8 min). So on a busy
+endpoint the rule raises k instead and misses the slowest loops within reach (a call every
+6–8 s at about the endpoint's cost): recall in reach at 1,000 calls/min 0.76 → 0.68 for false
+pages 10.3 → 1.4 a week. The endpoint detector still sees loops that move the aggregate.
+
+No fire before ``min_baseline_minutes`` minutes with sessions and :data:`MIN_OBS` observations.
+Critical when the rate is also material for the organisation (the detector's
+:func:`.detector.material`), else a warning. A session over the threshold (B·k, or open) teaches
+the session-minute histogram nothing.
 
 **Tracking.** Each minute the window's top sessions join the tracked set; it keeps the
 :data:`TRACK` with the largest window spend × share of minutes active since first seen (a loop
@@ -45,9 +82,11 @@ episode of the same session is a new alert. At most :data:`MAX_OPEN` open per en
 (a deploy that makes every session loop is the endpoint detector's incident).
 
 **Bounded state** per endpoint: ≤ ~60 histogram bins (15 with 1,000 sessions a minute),
-≤ :data:`TRACK` tracked sessions plus the open ones × ≤ ``runaway_minutes`` active minutes each:
-≤ 24 × (40 + 10 × 30) B ≈ 8 KB JSON with UUID ids whatever the number of sessions; 1.8 KB
-measured with 1,000 new UUID sessions a minute for 300 minutes (the test: 100,000 distinct).
+≤ ~50 peak-score bins (16 an octave from 0.5 to about k: a peak over k fired, is not kept),
+one peak per tracked session, ≤ :data:`TRACK` tracked sessions plus the open ones × ≤
+``runaway_minutes`` active minutes each: ≤ 24 × (40 + 10 × 30) B + ~1.5 KB ≈ 10 KB JSON with
+UUID ids whatever the number of sessions; 1.8 KB measured with 1,000 new UUID sessions a
+minute for 300 minutes (the test: 100,000 distinct).
 
 **Measured** with ``python bench/runaway_quality.py --seeds 0,1,2,3,4 --days 4`` (one endpoint,
 5 seeds × 3 scored days per scale; see its docstring for the traffic): see :data:`MEASURED`.
@@ -76,14 +115,23 @@ MAX_OPEN = 8
 MIN_OBS = 50
 """Session-minutes in the histogram before the rule may fire."""
 Z = 2.0
-"""Robust standard deviations above the median (log scale)."""
+"""Standard errors of a window mean above the typical session (one session's comparison)."""
 ACTIVE_SHARE = 0.8
 """Share of the window's minutes a session must have calls in."""
+TAIL_FROM = 0.5
+"""Score above which session peaks make the tail: half-way to a page (an octave below)."""
+TAIL_N = 5
+"""Sessions over :data:`TAIL_FROM` (effective, in a span) before the tail replaces k = 1."""
+WEEK = 7 * 1440
+X_BINS = 16
+"""Bins per octave of the busiest-score histogram (4.4% steps: k sits near 1–3)."""
 MEASURED = (
-    "10 calls/min: recall in reach 29/34 = 0.85, 0 false pages/week, delay 8 min (the endpoint "
-    "detector paged for 20 of the missed loops); 100: 34/34 = 1.00, 4.67/week, 8 min; "
-    "1000: 26/34 = 0.76, 10.27/week, 8 min. False pages: generated human sessions at a call "
-    "every ~9 s for 15-25 min (loop pace); misses at 1000: a slow loop outside its minute's top 16"
+    "recall in reach / false pages per week, fixed bar (k = 1) -> now; base shape: 10 calls/min "
+    "0.85 / 0.00 -> 0.79 / 0.00; 100: 1.00 / 4.67 -> 0.94 / 0.47; 1000: 0.76 / 10.27 -> "
+    "0.56 / 0.00; 5000 (3 seeds): 0.42 / 14.78 -> 0.29 / 0.78. --shape wide: 10: 0.82 / 1.40 -> "
+    "0.56 / 0.00; 100: 1.00 / 30.33 -> 0.74 / 0.93; 1000: 0.74 / 74.67 -> 0.12 / 1.40. "
+    "--shape regular: 10: 0.97 / 0.00 -> 0.79 / 0.00; 100: 1.00 / 5.60 -> 0.97 / 0.47; "
+    "1000: 0.82 / 16.80 -> 0.62 / 0.47. Median delay 8 min throughout"
 )
 """``python bench/runaway_quality.py --seeds 0,1,2,3,4 --days 4``, 2 shared cores (CPU-bound,
 deterministic per seed: figures do not depend on timing)."""
@@ -93,13 +141,13 @@ def _bin(spend: float) -> int:
     return math.floor(BINS_PER_OCTAVE * math.log2(max(spend, 1.0)))
 
 
-def _quantile(hist: list[tuple[float, float]], q: float) -> float:
+def _quantile(hist: list[tuple[float, float]], q: float, bins: int = BINS_PER_OCTAVE) -> float:
     """The ``q`` quantile of weighted points (value, weight), interpolated within a bin."""
     total = sum(w for _, w in hist)
     need, acc = q * total, 0.0
     for x, w in hist:
         if acc + w >= need:
-            return x + (need - acc) / w / BINS_PER_OCTAVE if w > 0 else x
+            return x + (need - acc) / w / bins if w > 0 else x
         acc += w
     return hist[-1][0] if hist else 0.0
 
@@ -137,12 +185,40 @@ class RunawayRule:
         self.cfg = cfg
 
     def threshold(self, rw: dict[str, Any]) -> float | None:
-        """Spend per minute (pico) above which a session is far above its peers."""
+        """Base spend per minute (pico) of a runaway: ×ratio the typical session-minute and
+        :data:`Z` standard errors of a window mean (one session's comparison, before the
+        multiple-comparisons factor :meth:`factor`)."""
         ref = reference(rw)
         if ref is None or rw.get("m", 0) < self.cfg.min_baseline_minutes:
             return None
         med, sigma = ref
         return float(2**med * max(self.cfg.runaway_ratio, self._sampling_bound(sigma)))
+
+    def factor(self, rw: dict[str, Any]) -> float:
+        """k ≥ 1: a session pages when its score reaches k. Peaks over threshold on the
+        decayed histogram of the peak scores of the endpoint's past sessions (weight per minute:
+        a rate): λ_u sessions a minute peak above u = :data:`TAIL_FROM`, their excess is
+        exponential (the generalised Pareto with ξ = 0, β its mean), so k = u + β·ln(λ_u /
+        target) is reached by ``runaway_false_per_week`` sessions a week; 1 before
+        :data:`TAIL_N` such sessions in a span, or when λ_u itself is under the target."""
+        span = min(rw.get("m", 0), SPAN)
+        top = [(math.pow(2, int(b) / X_BINS), float(w)) for b, w in rw.get("x", {}).items()]
+        top = [(v, w) for v, w in top if v >= TAIL_FROM]
+        seen = sum(w for _, w in top)
+        cens, cens_ex = (float(c) for c in rw.get("xc", [0.0, 0.0]))
+        lam = seen + cens
+        target = self.cfg.runaway_false_per_week / WEEK  # per minute with sessions
+        if seen * span < TAIL_N or lam <= target:
+            return 1.0
+        mid = math.pow(2, 0.5 / X_BINS)  # a bin's geometric middle
+        # exponential MLE with right-censoring: all excesses (censored ones at k) / observed
+        beta = (sum((v * mid - TAIL_FROM) * w for v, w in top) + cens_ex) / seen
+        return max(1.0, TAIL_FROM + beta * math.log(lam / target))
+
+    def score(self, win: Window, base: float) -> float:
+        """How far a session is into runaway land: 1 at the base rate and min_calls."""
+        rate = win.spend / self.cfg.runaway_minutes
+        return min(win.calls / self.cfg.runaway_min_calls, rate / base)
 
     def _sampling_bound(self, sigma: float) -> float:
         """Z standard errors above the mean of ``A`` active minutes of a log-normal session
@@ -154,35 +230,65 @@ class RunawayRule:
     def close_minute(
         self, scope: str, rw: dict[str, Any], minute: int, agg: Agg, org: Org | None
     ) -> list[Alert]:
-        thr = self.threshold(rw)
+        base = self.threshold(rw)
+        k = self.factor(rw)
+        thr = None if base is None else base * k
         self._track(rw, minute, agg)
         alerts: list[Alert] = []
         over: set[str] = set()
-        w_min = self.cfg.runaway_minutes
         for sid, entries in sorted(rw.get("t", {}).items()):
             win = _window(entries)
-            rate = win.spend / w_min
+            rate = win.spend / self.cfg.runaway_minutes
             if thr is not None and rate >= thr:
                 over.add(sid)
             if sid in rw.get("open", {}):
                 alerts += self._maybe_resolve(scope, rw, sid, minute, win, thr)
             elif (
-                thr is not None
+                base is not None
                 and len(rw.get("open", {})) < MAX_OPEN
-                and self._runaway(win, rate, thr)
+                and self._candidate(win)
+                and self.score(win, base) >= k
             ):
-                alerts.append(self._fire(scope, rw, sid, minute, win, thr, org))
+                alerts.append(self._fire(scope, rw, sid, minute, win, base * k, org))
+        if base is not None and (agg.sessions or agg.srest[0]):
+            fired = {a.details["session_id"] for a in alerts if a.status == "firing"}
+            self._learn_tail(rw, fired, base, k)
         self._learn(rw, agg, over | set(rw.get("open", {})))
         return alerts
 
-    def _runaway(self, win: Window, rate: float, thr: float) -> bool:
+    def _candidate(self, win: Window) -> bool:
+        """Scored at all: active in most minutes and material over a day (score decides)."""
         cfg = self.cfg
-        return (
-            rate >= thr
-            and win.active >= math.ceil(ACTIVE_SHARE * cfg.runaway_minutes)
-            and win.calls >= cfg.runaway_min_calls
-            and rate * 1440 >= usd_to_pico(cfg.runaway_usd_per_day)
+        rate = win.spend / cfg.runaway_minutes
+        return win.active >= math.ceil(ACTIVE_SHARE * cfg.runaway_minutes) and (
+            rate * 1440 >= usd_to_pico(cfg.runaway_usd_per_day)
         )
+
+    def _learn_tail(self, rw: dict[str, Any], fired: set[str], base: float, k: float) -> None:
+        """Keep each scored session's peak score; when it leaves the tracked set, add the peak
+        to the decayed histogram. A firing session's peak is only known to be ≥ k: it counts
+        as censored there (``xc``: rate, rate × excess), else the tail would lose its top."""
+        pk: dict[str, float] = rw.setdefault("pk", {})
+        t = rw.get("t", {})
+        opened = rw.get("open", {})
+        a = max(1.0 / SPAN, 1.0 / (rw.get("m", 0) + 1))
+        cens, cens_ex = (c * (1 - a) for c in rw.get("xc", [0.0, 0.0]))
+        for sid, entries in t.items():
+            if sid in fired:
+                pk.pop(sid, None)
+                cens, cens_ex = cens + a, cens_ex + a * (k - TAIL_FROM)
+            elif sid in opened:
+                pk.pop(sid, None)
+            elif self._candidate(w := _window(entries)):
+                pk[sid] = round(max(pk.get(sid, 0.0), self.score(w, base)), 4)
+        rw["xc"] = [round(cens, 7), round(cens_ex, 7)]
+        x = {b: w * (1 - a) for b, w in rw.get("x", {}).items() if w * (1 - a) >= 1e-5}
+        for sid in [s for s in pk if s not in t]:
+            peak = pk.pop(sid)
+            if peak >= TAIL_FROM:  # lower peaks are never used
+                b = str(math.floor(X_BINS * math.log2(peak)))
+                x[b] = x.get(b, 0.0) + a
+        rw["x"] = {b: round(w, 7) for b, w in x.items()}
 
     def _track(self, rw: dict[str, Any], minute: int, agg: Agg) -> None:
         """Add the minute's top sessions, drop minutes out of the window, keep the biggest."""
