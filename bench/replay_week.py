@@ -14,6 +14,8 @@ spread is how many minutes of event time the slowest partition is behind. A larg
 one worker's partitions race ahead while the other's lag: alerts of the lagging scopes come late.
 
 Run: ``python bench/replay_week.py [DAYS]`` (default 7). Last line ``replay_week_s=<seconds>``.
+``SPENDSTREAM_BENCH_DEADLINE_S`` (default 1800) bounds the wait; on a timeout the keys of the
+windows still missing are printed (one week-long run once lost its last window; not seen since).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from spendstream.stream.pipeline import scope_partition
 
 RATE = 0.372
 """Events per simulated second: 0.372 x 604,800 s ≈ 225k events in a week."""
-DEADLINE_S = 1800.0
+DEADLINE_S = float(os.environ.get("SPENDSTREAM_BENCH_DEADLINE_S", "1800"))
 MORE = (
     EndpointProfile("docs-assistant", "/ask", "docs", "openai", "gpt-4.1-mini", 3, 1400, 300),
     EndpointProfile("docs-assistant", "/index", "docs", "openai", "text-embedding-3-small", 4,
@@ -178,8 +180,9 @@ def follow(s: Settings, progress: Progress, replay: subprocess.Popen[bytes], t0:
             if replay.poll() not in (None, 0):
                 raise SystemExit(f"replay failed: exit {replay.returncode}")
             if time.perf_counter() - t0 > DEADLINE_S:
-                left = sum(map(len, progress.missing.values()))
-                raise SystemExit(f"timed out after {DEADLINE_S:.0f}s: {left} windows missing")
+                gone = sorted(k for keys in progress.missing.values() for k in keys)
+                raise SystemExit(f"timed out after {DEADLINE_S:.0f}s: {len(gone)} windows "
+                                 f"missing, first {gone[:10]}")  # fmt: skip
         return time.perf_counter() - t0
     finally:
         c.close()
