@@ -58,12 +58,15 @@ def replay_through_worker(
     windows = TopicReader(s, s.topic_windows)
     with workers(env, n_workers, tmp):
         replay(env, path, *speed_args)
-        wait_for(
-            lambda: len(latest_windows(windows)) >= expected_windows,
-            400,
-            f"{expected_windows} windows to close",
-            every=lambda: (alerts.poll(0.2), windows.poll(0.3)),
-        )
+        try:
+            wait_for(
+                lambda: len(latest_windows(windows)) >= expected_windows,
+                400,
+                f"{expected_windows} windows to close",
+                every=lambda: (alerts.poll(0.2), windows.poll(0.3)),
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {len(latest_windows(windows))} closed") from None
         alerts.poll(2.0)
         windows.poll(1.0)
     out = alerts_of(alerts), latest_windows(windows)
