@@ -111,6 +111,9 @@ class Progress:
         left = self.missing[q]
         if key in left:
             left.discard(key)
+            if not left:
+                print(f"[{elapsed_s:6.1f}s] stage-2 partition {q} has closed all its windows",
+                      flush=True)  # fmt: skip
             if not left and self.spread_min is None:
                 self.first_done_s = elapsed_s
                 self.spread_min = self.newest[q] - min(
@@ -118,6 +121,10 @@ class Progress:
                 )
                 print(f"[{elapsed_s:6.1f}s] stage-2 partition {q} done first; spread "
                       f"{self.spread_min} min", flush=True)  # fmt: skip
+
+    def load(self) -> str:
+        """Windows per stage-2 partition: how evenly the scopes' hashes spread the work."""
+        return ", ".join(f"q{q}: {len(keys):,}" for q, keys in sorted(self.missing.items()))
 
     def first_minute(self) -> int:
         return min(int(k.rsplit("|", 1)[1]) for k in self.expected) - 1
@@ -232,6 +239,7 @@ def main() -> None:
     print(f"{len(events):,} events over {len(scopes)} scopes, {len(offline.windows):,} windows; "
           f"offline run {offline_s:.1f} s")  # fmt: skip
     progress = Progress(s.stage2_partitions, {k: w.agg.spend for k, w in offline.windows.items()})
+    print(f"windows per stage-2 partition: {progress.load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "week.jsonl"
         path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
