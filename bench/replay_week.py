@@ -13,10 +13,10 @@ of every other stage-2 partition (a scope's partition is :func:`pipeline.scope_p
 spread is how many minutes of event time the slowest partition is behind. A large spread means
 one worker's partitions race ahead while the other's lag: alerts of the lagging scopes come late.
 
-Where the time goes (2026-12-03, 143.0 s): the raw topic is keyed by service/endpoint and the
-catalog's few endpoints leave 3 of 12 raw partitions empty, so one worker applied 166k of the
-226k events; its stage-2 partitions finished 30-40 s after the other worker's, which had as many
-windows. The wall time is that worker's.
+Where the time goes (2026-12-03, 143.0 s with a since-reverted producer path): the raw topic
+is keyed by service/endpoint and the catalog's few endpoints leave 3 of 12 raw partitions
+empty, so one worker applied 166k of the 226k events; its stage-2 partitions finished 30-40 s
+after the other worker's, which had as many windows. The wall time is that worker's.
 
 Run: ``python bench/replay_week.py [DAYS]`` (default 7). Last line ``replay_week_s=<seconds>``.
 ``SPENDSTREAM_BENCH_DEADLINE_S`` (default 1800) bounds the wait; on a timeout the keys of the

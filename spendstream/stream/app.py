@@ -34,12 +34,12 @@ from .live import LiveSpendWriter
 from .metrics import PipelineMetrics, serve
 from .pipeline import Stage1, Stage2, WriteBuffer
 from .prices import PriceBook
-from .worker import Record, Worker
+from .worker import Message, Record, Worker
 
 log = logging.getLogger("spendstream.worker")
 
 
-def build_core(s: Settings, t1: TableState, t2: TableState, broker: FaustBroker) -> Worker:
+def build_core(s: Settings, t1: Any, t2: Any, broker: FaustBroker) -> Worker:
     """The worker core on the app's two tables."""
     enricher = Enricher(
         PriceBook.from_file(s.price_overrides_file),
@@ -49,8 +49,8 @@ def build_core(s: Settings, t1: TableState, t2: TableState, broker: FaustBroker)
     # events further ahead of this worker's clock than the admission check allows (300 s when
     # the check is off) do not move the watermark: one wrong clock cannot blind the windows
     skew = 300.0 if s.max_future_skew_s is None else s.max_future_skew_s
-    stage1 = Stage1(t1, s.window_retention_minutes, max_skew_s=skew)
-    t2_writes = WriteBuffer(t2, StoreReads(t2.table))
+    stage1 = Stage1(TableState(t1), s.window_retention_minutes, max_skew_s=skew)
+    t2_writes = WriteBuffer(t2, StoreReads(t2))
     stage2 = Stage2(
         t2_writes,
         s.rule_config(),
@@ -71,16 +71,29 @@ def build_app(s: Settings) -> Any:
 
     raw = topic(s.topic_raw, s.raw_partitions)
     partials = topic(s.topic_partials, s.stage2_partitions)
+    out = {
+        "enriched": topic(s.topic_enriched),
+        "dlq": topic(s.topic_dlq),
+        "partials": partials,
+        "windows": topic(s.topic_windows),
+        "alerts": topic(s.topic_alerts),
+    }
     broker = FaustBroker(app, s)
-    t1 = TableState(app.Table("stage1", partitions=s.raw_partitions))
-    t2 = TableState(app.Table("stage2", partitions=s.stage2_partitions))
-    core = build_core(s, t1, t2, broker)
+    core = build_core(
+        s,
+        app.Table("stage1", partitions=s.raw_partitions),
+        app.Table("stage2", partitions=s.stage2_partitions),
+        broker,
+    )
     core.metrics = app.spendstream_metrics = PipelineMetrics(  # type: ignore[attr-defined]
         lambda: dict(core.lag), max_label_sets=s.metrics_max_label_sets
     )
     live = LiveSpendWriter(s.redis_url)
 
-    send = broker.send
+    async def send(m: Message) -> Any:
+        return await out[m.topic].send(
+            key=m.key, value=m.value, headers=m.headers, partition=m.partition
+        )
 
     @app.agent(raw, name="stage1")
     async def stage1_agent(stream: Any) -> None:
@@ -93,7 +106,6 @@ def build_app(s: Settings) -> Any:
             ]  # fmt: skip
             for m in await core.apply_batch(records):
                 await send(m)
-            await t1.flush(app.producer)
 
     @app.timer(s.tick_interval_s)  # type: ignore[untyped-decorator]
     async def publish_partials() -> None:
@@ -117,7 +129,6 @@ def build_app(s: Settings) -> Any:
             if res.windows:
                 await live.update(res.windows)
             core.commit_partials(q, offset)
-            await t2.flush(app.producer)
 
     return app
 

@@ -4,58 +4,40 @@ faust-streaming gives no public way to write a table key into a chosen changelog
 read the group's committed offset of a partition, or to see the end offset the fetcher last
 saw; the worker needs all three (see :mod:`spendstream.stream.worker`). They are here, behind
 small typed objects, so an upgrade of Faust has one module to check: :class:`TableState`
-(the memory store's dict under ``Table.data``, ``Table.changelog_topic``, and records in the
-JSON Faust's table codec reads back on restore), :class:`FaustBroker`
-(``consumer._committed_offset``, ``consumer.highwater``, ``consumer.seek``,
-``assignor.assigned_actives``, ``producer.send``) and :func:`make_app` (the ``faust.App``
-settings the worker relies on).
+(``Table.data`` and ``send_changelog``), :class:`FaustBroker` (``consumer._committed_offset``,
+``consumer.highwater``, ``consumer.seek``, ``assignor.assigned_actives``) and :func:`make_app`
+(the ``faust.App`` settings the worker relies on).
 
-Both write paths go straight to Faust's producer (``producer.send``: aiokafka's accumulator)
-instead of through ``Table.send_changelog`` / ``Topic.send``: those build a ``FutureMessage``
-per record, pass it through Faust's producer buffer and codec registry, and with ~11 records per
-closed window (8 stage-2 changelog, 2.5 stage-1 changelog, the window itself) they were most of
-a worker's CPU in a replay. bench/replay_week, one simulated day, two workers, same machine
-and hour: 49.6 s / 70.5 s workers' CPU (2,167 µs per window) → 23.0 s / 30.6 s with the
-changelog path → 14.9 s / 22.7 s (697 µs per window) with outputs too; every window equal to
-the offline run. Ordering is unchanged: one producer, records queued in write order, and
-Faust's revocation still flushes it (``Producer.flush`` drains aiokafka's accumulator).
+Tried and reverted (2026-12-03): sending changelog records and outputs straight to
+``app.producer.send`` (msgspec-encoded, queued per agent step) instead of ``send_changelog`` /
+``Topic.send``. It cut a one-day replay from 49.6 s to 14.9 s, exact, but 2 of ~12 runs
+with a rebalance (test_worker, test_scaleout) then never closed part of the windows. The cause
+was not found. ``send_changelog`` enqueues at the moment of the write, and Faust's memory
+store re-reads even the partitions a worker keeps from their changelogs on every rebalance.
+Any replacement must keep that.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from ..config import Settings
 
 if TYPE_CHECKING:
     import faust
 
-    from .worker import Message
-
 
 class TableState:
-    """A Faust table's storage, writing each key to a chosen changelog partition straight
-    through the app's producer.
+    """Stage-1 storage on a Faust table, writing each key to its raw partition's changelog.
 
     ``table[key] = value`` would pick the changelog partition of the "current event", which
-    is ambiguous for a batch that spans partitions; here the partition is explicit. And
-    ``Table.send_changelog`` costs a ``FutureMessage``, a trip through Faust's producer buffer
-    and its stdlib-JSON codec per key: with ~8 stage-2 and ~2.5 stage-1 changelog records per
-    closed window that path was ~25% of a worker's CPU in a replay (py-spy, bench/replay_week).
-    Here a write stores the value, encodes key and value once with msgspec (the same JSON
-    Faust's codec reads back on restore) and queues the record; :meth:`flush` hands the queue
-    to the producer in order. The agent flushes after each step, before Faust acks the step's
-    input (as Faust's own changelog sends, nothing waits for the broker's acknowledgement;
-    a record lost in a crash is repaired as before: stage 1 re-reads, stage 2 replays).
+    is ambiguous for a batch that spans partitions; here the partition is explicit.
     """
 
     def __init__(self, table: Any) -> None:
         self.table = table
-        self.pending: list[tuple[int, bytes, bytes | None]] = []
 
     def get(self, key: str) -> Any:
         return _store(self.table).get(key)
@@ -64,24 +46,12 @@ class TableState:
         return _store(self.table).keys()
 
     def put(self, partition: int, key: str, value: Any) -> None:
-        _store(self.table)[key] = value
-        self.pending.append((partition, _encode(key), _encode(value)))
+        self.table.data[key] = value
+        self.table.send_changelog(partition, key, value)
 
     def delete(self, partition: int, key: str) -> None:
-        _store(self.table).pop(key, None)
-        self.pending.append((partition, _encode(key), None))
-
-    async def flush(self, producer: Any) -> None:
-        """Send the queued records (in write order) through Faust's producer."""
-        if not self.pending:
-            return
-        topic = self.table.changelog_topic.get_topic_name()
-        pending, self.pending = self.pending, []
-        for partition, key, value in pending:
-            await producer.send(topic, key, value, partition, None, None)
-
-
-_encode = msgspec.json.Encoder().encode
+        self.table.data.pop(key, None)
+        self.table.send_changelog(partition, key, None, value_serializer="raw")
 
 
 def _store(table: Any) -> dict[str, Any]:
@@ -121,20 +91,6 @@ class FaustBroker:
     def __init__(self, app: Any, s: Settings) -> None:
         self.app = app
         self.s = s
-        self.topics = {
-            "enriched": s.topic_enriched,
-            "dlq": s.topic_dlq,
-            "partials": s.topic_partials,
-            "windows": s.topic_windows,
-            "alerts": s.topic_alerts,
-        }
-
-    async def send(self, m: Message) -> Awaitable[Any]:
-        """Produce ``m`` through Faust's producer; returns the future of its acknowledgement.
-        Straight to the producer, not through ``Topic.send`` (a ``FutureMessage`` and codec
-        lookups per record: ~7% of a worker's CPU in a replay, py-spy)."""
-        topic = self.topics[m.topic]
-        return await self.app.producer.send(topic, m.key, m.value, m.partition, None, m.headers)  # type: ignore[no-any-return]
 
     @staticmethod
     def _tp(topic: str, partition: int) -> Any:

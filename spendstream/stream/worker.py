@@ -359,7 +359,7 @@ class Worker:
     def commit_partials(self, q: int, offset: int) -> None:
         """Write the state of an applied partials message (after its outputs are acked)."""
         self.t2[layout.s2_applied(q)] = offset
-        self.t2.commit(q)
+        self.t2.commit()
 
 
 _encode_json = msgspec.json.Encoder().encode
