@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -15,7 +16,7 @@ from spendstream.stream import partials
 from spendstream.stream.enrich import Enricher
 from spendstream.stream.pipeline import DictState, Stage1, Stage2, WriteBuffer
 from spendstream.stream.rules import RuleConfig
-from spendstream.stream.worker import Record, Worker
+from spendstream.stream.worker import EndOffset, Record, Worker
 
 RAW, Q = 2, 2
 
@@ -27,6 +28,8 @@ class FakeBroker:
     ends: dict[int, int] = field(default_factory=dict)
     commits: dict[int, int] = field(default_factory=dict)
     seeks: list[tuple[str, int, int]] = field(default_factory=list)
+    polled: dict[int, float] = field(default_factory=dict)
+    clock: Callable[[], float] = lambda: 0.0
 
     async def seek(self, topic: str, partition: int, offset: int) -> None:
         self.seeks.append((topic, partition, offset))
@@ -37,8 +40,11 @@ class FakeBroker:
     def committed(self, topic: str, partition: int) -> int | None:
         return self.commits.get(partition)
 
-    def highwater(self, topic: str, partition: int) -> int | None:
-        return self.ends.get(partition)
+    def highwater(self, topic: str, partition: int) -> EndOffset | None:
+        """Reported just now, unless the test set when it was last polled."""
+        end = self.ends.get(partition)
+        at = self.polled.get(partition, self.clock())
+        return None if end is None else EndOffset(end, at)
 
 
 class Clock:
@@ -56,7 +62,8 @@ def make(**kw: Any) -> tuple[Worker, FakeBroker, Clock, dict[str, Any]]:
     )  # fmt: skip
     t2: dict[str, Any] = {}
     buf = WriteBuffer(t2, MappingProxyType(t2))  # reads from a view, as on the Faust store
-    broker, clock = FakeBroker(), Clock()
+    clock = Clock()
+    broker = FakeBroker(clock=clock)
     core = Worker(
         s,
         Stage1(DictState(), s.window_retention_minutes),
@@ -160,6 +167,28 @@ async def test_a_partition_is_idle_only_after_its_end_offset_stood_still_and_all
     assert core.lag == {0: 0, 1: 3}
     broker.ends[0] = 2  # a new record arrived
     assert reports_of(core.tick({0, 1}))["0"][1] is False
+
+
+async def test_an_end_offset_the_fetcher_stopped_polling_never_reads_as_idle() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends = {0: 1}
+    assert reports_of(core.tick({0}))["0"][1] is False
+    clock.t += 6
+    broker.polled = {0: clock.t - 4}  # the fetcher's last report of partition 0: 4 s ago
+    assert reports_of(core.tick({0}))["0"][1] is False  # unchanged only as far as we know
+    broker.polled = {0: clock.t}  # it polls again and the broker still says 1
+    assert reports_of(core.tick({0}))["0"][1] is True
+
+
+async def test_idle_needs_two_reports_of_one_end_offset_idle_timeout_s_apart() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends = {0: 1}
+    core.tick({0})  # first seen now (t=1000), reported now
+    clock.t += 6
+    broker.polled = {0: 1003.0}  # the latest report came 3 s after the first: not yet 5 s
+    assert reports_of(core.tick({0}))["0"][1] is False
 
 
 async def test_lag_forgets_partitions_no_longer_owned() -> None:

@@ -5,25 +5,30 @@ read the group's committed offset of a partition, or to see the end offset the f
 saw; the worker needs all three (see :mod:`spendstream.stream.worker`). They are here, behind
 small typed objects, so an upgrade of Faust has one module to check: :class:`TableState`
 (``Table.data`` and ``send_changelog``), :class:`FaustBroker` (``consumer._committed_offset``,
-``consumer.highwater``, ``consumer.seek``, ``assignor.assigned_actives``) and :func:`make_app`
-(the ``faust.App`` settings the worker relies on).
+``consumer.highwater`` with aiokafka's ``last_poll_timestamp``, ``consumer.seek``,
+``assignor.assigned_actives``) and :func:`make_app` (the ``faust.App`` settings the worker
+relies on).
 
 Tried and reverted (2026-12-03): sending changelog records and outputs straight to
 ``app.producer.send`` (msgspec-encoded, queued per agent step) instead of ``send_changelog`` /
 ``Topic.send``. It cut a one-day replay from 49.6 s to 14.9 s, exact, but 2 of ~12 runs
-with a rebalance (test_worker, test_scaleout) then never closed part of the windows. The cause
-was not found. ``send_changelog`` enqueues at the moment of the write, and Faust's memory
-store re-reads even the partitions a worker keeps from their changelogs on every rebalance.
-Any replacement must keep that.
+with a rebalance (test_worker, test_scaleout) then never closed part of the windows. Found
+later: not the changelog path but a false idle that the faster worker made likely. Its stage 1
+had applied everything its fetcher had handed over while the fetcher had not polled for
+seconds, so the raw partitions' last-seen end offsets stood still and read as idle; stage 2
+then closed ~150 minutes without the data still unread (``worker.END_FRESH_S`` now requires
+a recent report).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
+from .worker import EndOffset
 
 if TYPE_CHECKING:
     import faust
@@ -108,14 +113,20 @@ class FaustBroker:
         got = self.app.consumer._committed_offset.get(self._tp(topic, partition))
         return None if got is None else int(got)
 
-    def highwater(self, topic: str, partition: int) -> int | None:
-        """The end offset the fetcher last saw (every fetch response carries it): asking the
-        broker on every tick took ~1.2 s."""
+    def highwater(self, topic: str, partition: int) -> EndOffset | None:
+        """The end offset the fetcher last saw (every fetch response carries it: asking the
+        broker on every tick took ~1.2 s) and when it saw it (aiokafka's wall-clock
+        ``last_poll_timestamp``, moved onto the monotonic clock the worker core uses)."""
+        tp = self._tp(topic, partition)
         try:
-            hw = self.app.consumer.highwater(self._tp(topic, partition))
+            hw = self.app.consumer.highwater(tp)
+            polled_ms = self.app.consumer._thread._ensure_consumer().last_poll_timestamp(tp)
         except Exception:  # not fetched yet (assignment in progress)
             return None
-        return None if hw is None else int(hw)
+        if hw is None or polled_ms is None:
+            return None
+        age = max(0.0, time.time() - polled_ms / 1000)
+        return EndOffset(int(hw), time.monotonic() - age)
 
     def assigned(self, topic: str) -> set[int]:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}

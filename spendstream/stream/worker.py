@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -50,6 +50,13 @@ SKEW_REASON = "ahead of the worker clock"
 """In the dead-letter reason of an event dated beyond ``max_future_skew_s`` (enrich.py)."""
 ENRICHED_HEADERS = {"spendstream-wire": b"jsonl/1", "content-type": b"application/x-enriched"}
 PRUNE_EVERY_BATCHES = 200
+END_FRESH_S = 3.0
+"""How recent the broker's report of a partition's end offset must be for the partition to
+count as idle. Faust's fetcher waits at most 1.5 s (``fetch_max_wait_ms``) on an idle
+partition, so a live fetcher reports its end offset at least twice in this time; an older
+report means the fetcher is not fetching the partition (its records waiting to be consumed,
+or the event loop busy), and an end offset that only *looks* unchanged must not read as idle:
+that false idle once let stage 2 close 150 minutes with part of their data still unread."""
 REREAD_AFTER_S = 2.0
 """How long a partition's applied state must stand still, with the group's committed offset
 past it, before its unapplied records are re-read."""
@@ -84,7 +91,14 @@ class Broker(Protocol):
     async def seek(self, topic: str, partition: int, offset: int) -> None: ...
     async def probe(self, topic: str, partition: int, offset: int) -> int | None: ...
     def committed(self, topic: str, partition: int) -> int | None: ...
-    def highwater(self, topic: str, partition: int) -> int | None: ...
+    def highwater(self, topic: str, partition: int) -> EndOffset | None: ...
+
+
+class EndOffset(NamedTuple):
+    """A partition's end offset as the broker last reported it, and when (worker clock)."""
+
+    offset: int
+    at: float
 
 
 class MetricsSink(Protocol):
@@ -261,10 +275,10 @@ class Worker:
         for p in sorted(assigned):
             for q, sn in route(self._snapshots(p, resync), self.s.stage2_partitions):
                 by_q[q].append(sn)
-            hw = self.broker.highwater(self.s.topic_raw, p)
-            reports[p] = (self.stage1.watermark(p), self._idle(p, hw, now))
-            if hw is not None:
-                self.lag[p] = max(0, hw - (self.stage1.next_offset(p) or 0))
+            end = self.broker.highwater(self.s.topic_raw, p)
+            reports[p] = (self.stage1.watermark(p), self._idle(p, end, now))
+            if end is not None:
+                self.lag[p] = max(0, end.offset - (self.stage1.next_offset(p) or 0))
         for p in [p for p in self.lag if p not in assigned]:
             del self.lag[p]
         self._known = set(assigned)
@@ -283,22 +297,23 @@ class Worker:
             return self.stage1.snapshots(p, keys)
         return self.stage1.snapshots(p)
 
-    def _idle(self, p: int, hw: int | None, now: float) -> bool:
-        """Nothing new arrived in the partition for idle_timeout_s (its end offset did not
-        move) and every record in it is applied. Judged on the broker's end offsets and the
-        applied state, so a stalled worker never takes a busy partition for an idle one."""
-        if hw is None:
+    def _idle(self, p: int, end: EndOffset | None, now: float) -> bool:
+        """The broker reported the same end offset at two moments ``idle_timeout_s`` apart,
+        the later one recent (:data:`END_FRESH_S`), and every record in it is applied. Judged
+        on the broker's reports and the applied state, so neither a stalled worker nor a
+        fetcher that stopped polling makes a busy partition look idle."""
+        if end is None:
             return False
         seen = self._end_seen.get(p)
-        if seen is None or seen[0] != hw:
-            self._end_seen[p] = (hw, now)
+        if seen is None or seen[0] != end.offset:
+            self._end_seen[p] = (end.offset, end.at)
             return False
-        if now - seen[1] < self.s.idle_timeout_s:
+        if end.at - seen[1] < self.s.idle_timeout_s or now - end.at > END_FRESH_S:
             return False
         nxt = self.stage1.next_offset(p)
         if nxt is not None:
-            return nxt >= hw
-        return hw <= (self.broker.committed(self.s.topic_raw, p) or 0)
+            return nxt >= end.offset
+        return end.offset <= (self.broker.committed(self.s.topic_raw, p) or 0)
 
     def _reread_at(self, p: int, now: float) -> int | None:
         """The group's committed offset is past the state's next offset and the state has
