@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from spendstream.stream.offsets import OffsetGuard
-from spendstream.stream.pipeline import WriteBuffer
+from spendstream.stream.pipeline import DictState, WriteBuffer
 
 
 class Clock:
@@ -80,13 +80,13 @@ async def test_offsets_the_broker_confirms_absent_are_skipped(guarded: Guarded) 
 
 
 def test_write_buffer_holds_writes_until_commit() -> None:
-    table: dict[str, Any] = {"a": 1, "b": 2}
-    buf = WriteBuffer(table)
+    table = DictState({"a": 1, "b": 2})
+    buf = WriteBuffer(table, table)
     buf["a"] = 10
     del buf["b"]
     buf["c"] = 3
     assert (buf["a"], "b" in buf, buf.get("c")) == (10, False, 3)
     assert table == {"a": 1, "b": 2}  # nothing reached the table (or its changelog) yet
     assert sorted(buf) == ["a", "c"] and len(buf) == 2
-    buf.commit()
+    buf.commit(0)
     assert table == {"a": 10, "c": 3} and buf.pending == {}

@@ -60,7 +60,7 @@ def make(**kw: Any) -> tuple[Worker, FakeBroker, Clock, dict[str, Any]]:
         _env_file=None, raw_partitions=RAW, stage2_partitions=Q, idle_timeout_s=5,
         resync_interval_s=30, **kw,
     )  # fmt: skip
-    t2: dict[str, Any] = {}
+    t2 = DictState()
     buf = WriteBuffer(t2, MappingProxyType(t2))  # reads from a view, as on the Faust store
     clock = Clock()
     broker = FakeBroker(clock=clock)
@@ -271,7 +271,7 @@ def test_partials_round_trip_and_messages_stay_under_the_size_cap() -> None:
 
 
 def test_write_buffer_reads_pending_then_committed_and_writes_only_on_commit() -> None:
-    table: dict[str, Any] = {"a": 1, "b": 2}
+    table = DictState({"a": 1, "b": 2})
     buf = WriteBuffer(table, MappingProxyType(table))
     buf["c"] = 3
     assert (buf.get("a"), buf.get("c"), buf.get("zz"), buf.get("zz", 7)) == (1, 3, None, 7)
@@ -281,5 +281,5 @@ def test_write_buffer_reads_pending_then_committed_and_writes_only_on_commit() -
     assert (buf.get("b"), "b" in buf, "c" in buf) == (None, False, True)
     assert table == {"a": 1, "b": 2}  # nothing written before the commit
     assert sorted(buf) == ["a", "c"]
-    buf.commit()
+    buf.commit(0)
     assert table == {"a": 1, "c": 3}

@@ -39,7 +39,7 @@ from .worker import Message, Record, Worker
 log = logging.getLogger("spendstream.worker")
 
 
-def build_core(s: Settings, t1: Any, t2: Any, broker: FaustBroker) -> Worker:
+def build_core(s: Settings, t1: TableState, t2: TableState, broker: FaustBroker) -> Worker:
     """The worker core on the app's two tables."""
     enricher = Enricher(
         PriceBook.from_file(s.price_overrides_file),
@@ -49,8 +49,8 @@ def build_core(s: Settings, t1: Any, t2: Any, broker: FaustBroker) -> Worker:
     # events further ahead of this worker's clock than the admission check allows (300 s when
     # the check is off) do not move the watermark: one wrong clock cannot blind the windows
     skew = 300.0 if s.max_future_skew_s is None else s.max_future_skew_s
-    stage1 = Stage1(TableState(t1), s.window_retention_minutes, max_skew_s=skew)
-    t2_writes = WriteBuffer(t2, StoreReads(t2))
+    stage1 = Stage1(t1, s.window_retention_minutes, max_skew_s=skew)
+    t2_writes = WriteBuffer(t2, StoreReads(t2.table))
     stage2 = Stage2(
         t2_writes,
         s.rule_config(),
@@ -79,12 +79,9 @@ def build_app(s: Settings) -> Any:
         "alerts": topic(s.topic_alerts),
     }
     broker = FaustBroker(app, s)
-    core = build_core(
-        s,
-        app.Table("stage1", partitions=s.raw_partitions),
-        app.Table("stage2", partitions=s.stage2_partitions),
-        broker,
-    )
+    t1 = TableState(app.Table("stage1", partitions=s.raw_partitions))
+    t2 = TableState(app.Table("stage2", partitions=s.stage2_partitions))
+    core = build_core(s, t1, t2, broker)
     core.metrics = app.spendstream_metrics = PipelineMetrics(  # type: ignore[attr-defined]
         lambda: dict(core.lag), max_label_sets=s.metrics_max_label_sets
     )
@@ -106,6 +103,7 @@ def build_app(s: Settings) -> Any:
             ]  # fmt: skip
             for m in await core.apply_batch(records):
                 await send(m)
+            await t1.flush(app.producer)
 
     @app.timer(s.tick_interval_s)  # type: ignore[untyped-decorator]
     async def publish_partials() -> None:
@@ -129,6 +127,7 @@ def build_app(s: Settings) -> Any:
             if res.windows:
                 await live.update(res.windows)
             core.commit_partials(q, offset)
+            await t2.flush(app.producer)
 
     return app
 

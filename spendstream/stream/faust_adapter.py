@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..config import Settings
 from .worker import EndOffset
 
@@ -35,14 +37,24 @@ if TYPE_CHECKING:
 
 
 class TableState:
-    """Stage-1 storage on a Faust table, writing each key to its raw partition's changelog.
+    """A Faust table's storage, writing each key to a chosen changelog partition straight
+    through the app's producer.
 
     ``table[key] = value`` would pick the changelog partition of the "current event", which
-    is ambiguous for a batch that spans partitions; here the partition is explicit.
+    is ambiguous for a batch that spans partitions; here the partition is explicit. And
+    ``Table.send_changelog`` costs a ``FutureMessage``, a trip through Faust's producer buffer
+    and its stdlib-JSON codec per key: with ~8 stage-2 and ~2.5 stage-1 changelog records per
+    closed window that path was ~25% of a worker's CPU in a replay (py-spy, bench/replay_week).
+    Here a write stores the value, encodes key and value once with msgspec (the same JSON
+    Faust's codec reads back on restore) and queues the record; :meth:`flush` hands the queue
+    to the producer in order. The agent flushes after each step, before Faust acks the step's
+    input (as Faust's own changelog sends, nothing waits for the broker's acknowledgement;
+    a record lost in a crash is repaired as before: stage 1 re-reads, stage 2 replays).
     """
 
     def __init__(self, table: Any) -> None:
         self.table = table
+        self.pending: list[tuple[int, bytes, bytes | None]] = []
 
     def get(self, key: str) -> Any:
         return _store(self.table).get(key)
@@ -51,12 +63,24 @@ class TableState:
         return _store(self.table).keys()
 
     def put(self, partition: int, key: str, value: Any) -> None:
-        self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        _store(self.table)[key] = value
+        self.pending.append((partition, _encode(key), _encode(value)))
 
     def delete(self, partition: int, key: str) -> None:
-        self.table.data.pop(key, None)
-        self.table.send_changelog(partition, key, None, value_serializer="raw")
+        _store(self.table).pop(key, None)
+        self.pending.append((partition, _encode(key), None))
+
+    async def flush(self, producer: Any) -> None:
+        """Send the queued records (in write order) through Faust's producer."""
+        if not self.pending:
+            return
+        topic = self.table.changelog_topic.get_topic_name()
+        pending, self.pending = self.pending, []
+        for partition, key, value in pending:
+            await producer.send(topic, key, value, partition, None, None)
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def _store(table: Any) -> dict[str, Any]:

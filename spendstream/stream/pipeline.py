@@ -314,9 +314,9 @@ class WriteBuffer(MutableMapping[str, Any]):
     stable id: repeats are harmless).
     """
 
-    def __init__(self, table: State, reads: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, table: PartitionedState, reads: Mapping[str, Any]) -> None:
         self.table = table
-        self.reads = table if reads is None else reads
+        self.reads = reads
         """Where committed values are read: the Faust table's store (``Table.data``) rather
         than the table, whose ``[]`` raises for a missing key through two layers."""
         self.pending: dict[str, Any] = {}
@@ -365,12 +365,13 @@ class WriteBuffer(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def commit(self) -> None:
+    def commit(self, partition: int) -> None:
+        """Write the held-back values into stage-2 partition ``partition``'s changelog."""
         for key, value in self.pending.items():
             if value is _DELETED:
-                self.table.pop(key, None)
+                self.table.delete(partition, key)
             else:
-                self.table[key] = value
+                self.table.put(partition, key, value)
         self.pending.clear()
 
 

@@ -374,7 +374,7 @@ class Worker:
     def commit_partials(self, q: int, offset: int) -> None:
         """Write the state of an applied partials message (after its outputs are acked)."""
         self.t2[layout.s2_applied(q)] = offset
-        self.t2.commit()
+        self.t2.commit(q)
 
 
 _encode_json = msgspec.json.Encoder().encode
