@@ -34,7 +34,7 @@ from .live import LiveSpendWriter
 from .metrics import PipelineMetrics, serve
 from .pipeline import Stage1, Stage2, WriteBuffer
 from .prices import PriceBook
-from .worker import Message, Record, Worker
+from .worker import Record, Worker
 
 log = logging.getLogger("spendstream.worker")
 
@@ -71,13 +71,6 @@ def build_app(s: Settings) -> Any:
 
     raw = topic(s.topic_raw, s.raw_partitions)
     partials = topic(s.topic_partials, s.stage2_partitions)
-    out = {
-        "enriched": topic(s.topic_enriched),
-        "dlq": topic(s.topic_dlq),
-        "partials": partials,
-        "windows": topic(s.topic_windows),
-        "alerts": topic(s.topic_alerts),
-    }
     broker = FaustBroker(app, s)
     t1 = TableState(app.Table("stage1", partitions=s.raw_partitions))
     t2 = TableState(app.Table("stage2", partitions=s.stage2_partitions))
@@ -87,10 +80,7 @@ def build_app(s: Settings) -> Any:
     )
     live = LiveSpendWriter(s.redis_url)
 
-    async def send(m: Message) -> Any:
-        return await out[m.topic].send(
-            key=m.key, value=m.value, headers=m.headers, partition=m.partition
-        )
+    send = broker.send
 
     @app.agent(raw, name="stage1")
     async def stage1_agent(stream: Any) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -34,6 +34,8 @@ from .worker import EndOffset
 
 if TYPE_CHECKING:
     import faust
+
+    from .worker import Message
 
 
 class TableState:
@@ -120,6 +122,20 @@ class FaustBroker:
     def __init__(self, app: Any, s: Settings) -> None:
         self.app = app
         self.s = s
+        self.topics = {
+            "enriched": s.topic_enriched,
+            "dlq": s.topic_dlq,
+            "partials": s.topic_partials,
+            "windows": s.topic_windows,
+            "alerts": s.topic_alerts,
+        }
+
+    async def send(self, m: Message) -> Awaitable[Any]:
+        """Produce ``m`` through Faust's producer; returns the future of its acknowledgement.
+        Straight to the producer, not through ``Topic.send`` (a ``FutureMessage`` and codec
+        lookups per record: ~7% of a worker's CPU in a replay, py-spy)."""
+        topic = self.topics[m.topic]
+        return await self.app.producer.send(topic, m.key, m.value, m.partition, None, m.headers)  # type: ignore[no-any-return]
 
     @staticmethod
     def _tp(topic: str, partition: int) -> Any:
