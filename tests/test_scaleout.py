@@ -27,6 +27,7 @@ from tests.stream_helpers import (
     replay,
     sink_process,
     start_replay,
+    stop_process,
     wait_for,
     wait_windows,
     workers,
@@ -69,6 +70,48 @@ def test_second_worker_joining_mid_replay_changes_no_total(stack: Settings, tmp_
             lambda: windows.poll(0.5) >= 0 and len(windows.records) > 200, 120, "the first windows"
         )
         procs.append(procs.start(1))  # a second worker joins: partitions are rebalanced
+        assert feed.wait(300) == 0
+        wait_windows(windows, len(expected), 300)
+        windows.poll(2.0)
+    got = totals(latest_windows(windows))
+    windows.close()
+    assert differences(got, expected) == ([], [], [])
+
+
+@pytest.mark.drill
+def test_a_worker_joining_and_leaving_three_times_mid_replay_changes_no_total(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """Six rebalances in one replay, each moving partitions and their state between
+    processes mid-stream. (It does not reliably reproduce the false idle that once lost ~150
+    minutes here: two runs passed with the freshness check disabled; test_worker_core covers
+    that rule.)"""
+    events = list(
+        SyntheticTraffic(TrafficConfig(seed=14, rate=2.0)).events(
+            until=DEFAULT_START + timedelta(hours=12)
+        )
+    )
+    path = tmp_path / "half-day.jsonl"
+    path.write_bytes(b"".join(e.to_json() + b"\n" for e in events))
+    expected = offline_totals(events)
+    s, env = private_settings(stack, "churn")
+    windows = TopicReader(s, s.topic_windows)
+
+    def wait_s(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        wait_for(lambda: time.monotonic() >= until, seconds + 30, f"{seconds} s", every=poll)
+
+    def poll() -> None:
+        windows.poll(0.2)
+
+    with workers(env, 1, tmp_path) as procs:
+        feed = start_replay(env, path, "--speed", "1800")  # 12 event-hours in 24 s
+        wait_for(lambda: windows.poll(0.5) >= 0 and len(windows.records) > 100, 120, "windows")
+        for _ in range(3):
+            procs.append(procs.start(len(procs)))
+            wait_s(6)
+            assert stop_process(procs[-1]) == 0
+            wait_s(3)
         assert feed.wait(300) == 0
         wait_windows(windows, len(expected), 300)
         windows.poll(2.0)

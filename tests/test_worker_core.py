@@ -174,9 +174,10 @@ async def test_an_end_offset_the_fetcher_stopped_polling_never_reads_as_idle() -
     await core.apply_batch([record(0, 0, line())])
     broker.ends = {0: 1}
     assert reports_of(core.tick({0}))["0"][1] is False
-    clock.t += 6
-    broker.polled = {0: clock.t - 4}  # the fetcher's last report of partition 0: 4 s ago
+    clock.t += 10
+    broker.polled = {0: clock.t - 4}  # its last report, 6 s after the first, came 4 s ago
     assert reports_of(core.tick({0}))["0"][1] is False  # unchanged only as far as we know
+    assert core.counters.stale_ends == 1
     broker.polled = {0: clock.t}  # it polls again and the broker still says 1
     assert reports_of(core.tick({0}))["0"][1] is True
 

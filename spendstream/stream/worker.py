@@ -124,6 +124,9 @@ class Counters:
     future_skewed: int = 0
     windows_closed: int = 0
     alerts: int = 0
+    stale_ends: int = 0
+    """Ticks on which a partition looked idle on an end offset the fetcher reported too long
+    ago (:data:`END_FRESH_S`) and was kept busy."""
     batches: int = 0
     duplicates: int = 0
     """Events dropped from windows and metrics: their id was counted before (dedupe.py)."""
@@ -308,7 +311,10 @@ class Worker:
         if seen is None or seen[0] != end.offset:
             self._end_seen[p] = (end.offset, end.at)
             return False
-        if end.at - seen[1] < self.s.idle_timeout_s or now - end.at > END_FRESH_S:
+        if end.at - seen[1] < self.s.idle_timeout_s:
+            return False
+        if now - end.at > END_FRESH_S:
+            self.counters.stale_ends += 1  # in the periodic log line: the fetcher is behind
             return False
         nxt = self.stage1.next_offset(p)
         if nxt is not None:
@@ -344,8 +350,9 @@ class Worker:
         c = self.counters
         log.info(
             "worker: records=%d events=%d dead=%d late_dropped=%d windows=%d alerts=%d "
-            "watermarks=%s",
-            c.records, c.events, c.dead, c.late_dropped, c.windows_closed, c.alerts, reports,
+            "stale_ends=%d watermarks=%s",
+            c.records, c.events, c.dead, c.late_dropped, c.windows_closed, c.alerts,
+            c.stale_ends, reports,
         )  # fmt: skip
 
     # --- stage 2 -----------------------------------------------------------------------------
