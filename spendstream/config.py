@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     """How soon a worker that died without leaving (kill -9, lost host) is replaced."""
     tick_interval_s: float = Field(0.25, gt=0)
     idle_timeout_s: float = Field(5.0, gt=0)
-    """A raw partition without records this long stops holding the watermark back."""
+    """A raw partition whose end offset the broker reported unchanged over this long (and whose
+    records are all applied) stops holding the watermark back."""
     resync_interval_s: float = Field(30.0, gt=0)
     price_overrides_file: Path | None = None
     """TOML file of negotiated/private prices (see spendstream/stream/prices.py)."""
