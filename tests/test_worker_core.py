@@ -180,6 +180,19 @@ async def test_an_end_offset_the_fetcher_has_not_reported_again_never_reads_as_i
     assert reports_of(core.tick({0}))["0"][1] is True
 
 
+async def test_a_proven_idle_partition_turns_busy_when_the_fetcher_falls_silent() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends = {0: 1}
+    core.tick({0})
+    clock.t += 6
+    assert reports_of(core.tick({0}))["0"][1] is True  # reported again 6 s later
+    clock.t += 6
+    broker.polled = {0: clock.t - 6}  # that report is now 6 s old: the fetcher fell silent
+    assert reports_of(core.tick({0}))["0"][1] is False
+    assert core.counters.stale_ends == 1
+
+
 async def test_idle_needs_two_reports_of_one_end_offset_idle_timeout_s_apart() -> None:
     core, broker, clock, _ = make()
     await core.apply_batch([record(0, 0, line())])
