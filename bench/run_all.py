@@ -22,7 +22,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ORDER = [
-    "emit_overhead", "produce_throughput", "cost_enrich", "pipeline_throughput",
+    "emit_overhead", "produce_throughput", "cost_enrich", "worker_core", "pipeline_throughput",
     "alert_latency", "alert_quality", "replay_week", "pg_sink", "router_eval", "cache_lookup",
     "cache_quality", "budget_reserve", "budget_overshoot", "ingest_throughput",
 ]  # fmt: skip
