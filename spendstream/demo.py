@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from .alerts import Alert
 from .config import Settings
-from .demo_otlp import SERVICE
+from .demo_otlp import SERVICE, GatewayFeed, free_port, via_gateway
 from .events import LLMCallEvent
 from .money import pico_to_usd
 from .probes import pg_value, prom_query, prom_value
@@ -406,12 +406,6 @@ def _series(r: dict[str, Any]) -> str:
 def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> DemoResult:
     """Entry point of `spendstream demo`. Stops the stack services it started unless ``keep``."""
     from . import stack
-    from .demo_otlp import GatewayFeed, free_port, via_gateway
-    from .ingest.keys import add_key
-    from .producers.emitter import Emitter
-    from .producers.replay import publish
-    from .producers.synthetic import CATALOG, PRICIER
-    from .stream.enrich import Enricher
     from .topics import ensure_topics
 
     plan = plan or DemoPlan()
@@ -433,30 +427,78 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
         con.say(f"deleted {len(dropped)} topics of earlier demo runs")
     ensure_topics(ds)
 
-    events = plan_events(plan, run_id, datetime.now(UTC))
-    expected = pico_to_usd(Enricher().total_pico(events))
-    start = events[0].timestamp.replace(second=0, microsecond=0)
-    res = DemoResult(run_id, start, len(events), expected)
-    inc_from = minute_of((start + timedelta(minutes=plan.warmup_min)).timestamp())
-    inc_to = inc_from + plan.incident_min
-    profile = next(p for p in CATALOG if p.scope == plan.target)
-    target_scope = endpoint_scope(profile.service, profile.endpoint)
-
-    log_dir = s.stack_dir / "demo" / run_id
-    log_dir.mkdir(parents=True, exist_ok=True)
-    receiver = AlertReceiver(con)
-    # the webhook URL travels in the environment, not in argv (``ps`` shows argv)
-    kids = Children({**env, "SPENDSTREAM_ALERT_WEBHOOK_URL": receiver.url}, log_dir)
-    live: LiveTable | None = None
+    run = _DemoRun(s, ds, env, plan, con, run_id)
     try:
+        run.start_services()
+        run.emit()
+        run.check_alerts()
+        run.check_postgres()
+        run.check_prometheus()
+    except KeyboardInterrupt:
+        run.res.problems.append("interrupted")
+    except RuntimeError as exc:
+        run.res.problems.append(str(exc))
+    finally:
+        run.close()
+        started = [st.name for st in before if st.name not in was_up]
+        if not keep and started:
+            stack.down(s, started)
+            con.say(f"stopped what the demo started ({', '.join(started)}); --keep leaves it up")
+
+    receiver, res = run.receiver, run.res
+    fired = sum(1 for a in receiver.alerts if a.status == "firing")
+    con.say(
+        f"alerts delivered to the webhook: {len(receiver.alerts)} "
+        f"({fired} firing, {len(receiver.alerts) - fired} resolved)"
+    )
+    _next_steps(con, s, ds, run_id, keep or not started)
+    con.say("demo OK" if res.ok else "demo FAILED: " + "; ".join(res.problems))
+    return res
+
+
+class _DemoRun:
+    """One demo run's moving parts — its events, child processes, webhook receiver, gateway
+    feed and live table — and its phases in order, each adding what it finds to ``res``."""
+
+    def __init__(
+        self, s: Settings, ds: Settings, env: dict[str, str], plan: DemoPlan, con: Console,
+        run_id: str,
+    ) -> None:  # fmt: skip
+        from .producers.synthetic import CATALOG
+        from .stream.enrich import Enricher
+
+        self.s, self.ds, self.plan, self.con, self.run_id = s, ds, plan, con, run_id
+        self.events = plan_events(plan, run_id, datetime.now(UTC))
+        expected = pico_to_usd(Enricher().total_pico(self.events))
+        self.start = self.events[0].timestamp.replace(second=0, microsecond=0)
+        self.res = DemoResult(run_id, self.start, len(self.events), expected)
+        self.inc_from = minute_of((self.start + timedelta(minutes=plan.warmup_min)).timestamp())
+        self.inc_to = self.inc_from + plan.incident_min
+        self.profile = next(p for p in CATALOG if p.scope == plan.target)
+        self.target_scope = endpoint_scope(self.profile.service, self.profile.endpoint)
+        self.log_dir = s.stack_dir / "demo" / run_id
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.receiver = AlertReceiver(con)
+        # the webhook URL travels in the environment, not in argv (``ps`` shows argv)
+        self.kids = Children(
+            {**env, "SPENDSTREAM_ALERT_WEBHOOK_URL": self.receiver.url}, self.log_dir
+        )
+        self.feed: GatewayFeed  # made in start_services: its port is picked then
+        self.live: LiveTable | None = None
+
+    def start_services(self) -> None:
+        """The processes a deployment runs: workers, the sink, the gateway, the alert relay."""
+        from .ingest.keys import add_key
+
+        plan, kids, run_id = self.plan, self.kids, self.run_id
         for i in range(plan.workers):
             kids.start(f"worker-{i}", "worker")
         kids.start("sink-postgres", "sink", "postgres", "--group", f"{PREFIX}{run_id}-sink")
-        port, keys = free_port(), log_dir / "ingest-keys.jsonl"
-        feed = GatewayFeed(
+        port, keys = free_port(), self.log_dir / "ingest-keys.jsonl"
+        self.feed = feed = GatewayFeed(
             f"http://127.0.0.1:{port}",
             add_key(keys, SERVICE),
-            [e for e in events if via_gateway(e)],
+            [e for e in self.events if via_gateway(e)],
             plan.time_scale,
         )
         kids.start("ingest", "ingest", "--port", str(port), "--keys-file", str(keys))
@@ -464,12 +506,21 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             "alert-relay", "alerts", "relay", "--group", f"{PREFIX}{run_id}-relay",
         )  # fmt: skip
         if not _wait(feed.healthy, 60, lambda: time.sleep(0.5)):
-            raise RuntimeError(f"the ingest gateway did not start; see {log_dir}/ingest.log")
-        con.say(
+            raise RuntimeError(f"the ingest gateway did not start; see {self.log_dir}/ingest.log")
+        self.con.say(
             f"started {plan.workers} stream workers, the PostgreSQL sink, the alert relay and "
-            f"the ingest gateway on {feed.url} (logs in {log_dir}); alerts go to a local "
-            f"webhook receiver at {receiver.url}"
+            f"the ingest gateway on {feed.url} (logs in {self.log_dir}); alerts go to a local "
+            f"webhook receiver at {self.receiver.url}"
         )
+
+    def emit(self) -> None:
+        """Send the traffic (SDK and OTLP gateway, in real time scaled) while printing the
+        closed minutes as they arrive."""
+        from .producers.emitter import Emitter
+        from .producers.replay import publish
+        from .producers.synthetic import CATALOG, PRICIER
+
+        con, plan, events, feed = self.con, self.plan, self.events, self.feed
         services = sorted({p.service for p in CATALOG})
         con.say(
             f"emitting {len(events):,} calls from {len(services)} services "
@@ -477,28 +528,17 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             "as OTLP spans through the ingest gateway, the rest through the SDK"
         )
         con.say(
-            f"incident at {minute_dt(inc_from):%H:%M} (simulated): "
-            f"{plan.target} silently switches {profile.model} -> {PRICIER[profile.model]} "
-            f"for {plan.incident_min} minutes"
+            f"incident at {minute_dt(self.inc_from):%H:%M} (simulated): "
+            f"{plan.target} silently switches {self.profile.model} -> "
+            f"{PRICIER[self.profile.model]} for {plan.incident_min} minutes"
         )
-        live = LiveTable(ds, con, CATALOG)
+        self.live = LiveTable(self.ds, con, CATALOG)
         con.say("closed minutes, spend per endpoint in USD (simulated time, UTC):")
-        live.header()
-
-        def show(m: int) -> str | None:
-            if m == inc_from:
-                return "  <- model switch"
-            if m == inc_to:
-                return "  <- switched back"
-            near = min(abs(m - inc_from), abs(m - inc_to))
-            if inc_from <= m < inc_to or near <= 3:
-                return "  *" if inc_from <= m < inc_to else ""
-            return "" if m % 5 == 0 else None
-
+        self.live.header()
         out: dict[str, Any] = {}
 
         def produce() -> None:
-            with Emitter(ds, register_atexit=False) as emitter:
+            with Emitter(self.ds, register_atexit=False) as emitter:
                 sdk = [e for e in events if not via_gateway(e)]
                 out["res"] = publish(sdk, emitter, speed=plan.time_scale)
 
@@ -506,18 +546,9 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
         producer.start()
         exporter = threading.Thread(target=feed.run, daemon=True)
         exporter.start()
-
-        def tick() -> None:
-            assert live is not None
-            live.poll(0.5)
-            live.print_rows(show)
-            dead = kids.dead()
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} exited early; see the logs in {log_dir}")
-
         while producer.is_alive() or exporter.is_alive():
-            tick()
-        pub = out.get("res")
+            self.tick()
+        pub, res = out.get("res"), self.res
         if pub is None or pub.dropped:
             res.problems.append(f"the emitter dropped events: {pub}")
         res.via_gateway = feed.accepted
@@ -526,16 +557,43 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             f"the gateway accepted {feed.accepted:,} of {len(feed.events):,} spans "
             f"({feed.retries} retried exports)"
         )
-        con.say(f"emitted {len(events):,} calls; checking the incident's alerts ...")
-        res.fired = _wait(lambda: receiver.seen(target_scope, "firing"), 60, tick)
-        res.resolved = _wait(lambda: receiver.seen(target_scope, "resolved"), 90, tick)
-        if not res.fired:
-            res.problems.append(f"no firing alert for {target_scope} reached the webhook")
-        elif not res.resolved:
-            res.problems.append(f"the alert for {target_scope} did not resolve")
 
+    def show(self, m: int) -> str | None:
+        """The live table's note for minute ``m`` (None: the row is not printed)."""
+        if m == self.inc_from:
+            return "  <- model switch"
+        if m == self.inc_to:
+            return "  <- switched back"
+        inside = self.inc_from <= m < self.inc_to
+        if inside or min(abs(m - self.inc_from), abs(m - self.inc_to)) <= 3:
+            return "  *" if inside else ""
+        return "" if m % 5 == 0 else None
+
+    def tick(self) -> None:
+        """Print the newly closed minutes; stop the run if a child process died."""
+        assert self.live is not None
+        self.live.poll(0.5)
+        self.live.print_rows(self.show)
+        dead = self.kids.dead()
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited early; see the logs in {self.log_dir}")
+
+    def check_alerts(self) -> None:
+        """The incident's alert must reach the webhook firing, then resolved."""
+        res, receiver, scope = self.res, self.receiver, self.target_scope
+        self.con.say(f"emitted {len(self.events):,} calls; checking the incident's alerts ...")
+        res.fired = _wait(lambda: receiver.seen(scope, "firing"), 60, self.tick)
+        res.resolved = _wait(lambda: receiver.seen(scope, "resolved"), 90, self.tick)
+        if not res.fired:
+            res.problems.append(f"no firing alert for {scope} reached the webhook")
+        elif not res.resolved:
+            res.problems.append(f"the alert for {scope} did not resolve")
+
+    def check_postgres(self) -> None:
+        """Every call stored, and the stored total equal to the emitted calls priced here."""
+        con, s, res, events, start = self.con, self.s, self.res, self.events, self.start
         con.say("waiting for the PostgreSQL sink to store every call ...")
-        run = json.dumps({TAG: run_id})
+        run = json.dumps({TAG: self.run_id})
 
         def stored() -> bool:
             res.rows = pg_value(s, "SELECT count(*) FROM llm_calls WHERE tags @> $1::jsonb", run)
@@ -551,9 +609,10 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
         con.say(
             "report from PostgreSQL (the same as `spendstream report --by endpoint "
             f"--since {start:%Y-%m-%dT%H:%M}Z --until {until:%Y-%m-%dT%H:%M:%S}Z "
-            f"--tag {TAG}={run_id}`):"
+            f"--tag {TAG}={self.run_id}`):"
         )
-        con.say(asyncio.run(_report(s, run_id, start, until)), stamp=False)
+        con.say(asyncio.run(_report(s, self.run_id, start, until)), stamp=False)
+        expected = res.expected_usd
         same = res.rows == len(events) and res.stored_usd == expected
         con.say(
             f"PostgreSQL: {res.rows:,} rows, total ${res.stored_usd}; the {len(events):,} "
@@ -567,11 +626,14 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
             )
         _show_request(con, s, res, start, until)
 
+    def check_prometheus(self) -> None:
+        """The dashboard's queries, and the counters agreeing with PostgreSQL's books."""
+        con, s, res, n = self.con, self.s, self.res, len(self.events)
         calls_q, cost_q = (
             "sum(spendstream_llm_requests_total)",
             "sum(spendstream_llm_cost_usd_total)",
         )
-        _wait(lambda: prom_value(s, calls_q) >= len(events), 30, lambda: time.sleep(1))
+        _wait(lambda: prom_value(s, calls_q) >= n, 30, lambda: time.sleep(1))
         res.prom_calls, prom_usd = int(prom_value(s, calls_q)), prom_value(s, cost_q)
         con.say(f"Prometheus ({s.prometheus_url}), the queries behind the dashboard:")
         for title, expr in PROM_QUERIES:
@@ -583,35 +645,19 @@ def run_demo(s: Settings, plan: DemoPlan | None = None, keep: bool = False) -> D
                 continue
             for r in sorted(rows, key=lambda r: -float(r["value"][1]))[:8]:
                 con.say(f"      {_series(r):<58} {float(r['value'][1]):.6g}", stamp=False)
-        agree = res.prom_calls == len(events) and abs(prom_usd - float(expected)) < 1e-6
+        agree = res.prom_calls == n and abs(prom_usd - float(res.expected_usd)) < 1e-6
         con.say(
             f"Prometheus counters: {res.prom_calls:,} calls, ${prom_usd:.6f} (float) -> "
             + ("agree with PostgreSQL" if agree else "DISAGREE with PostgreSQL")
         )
         if not agree:
             res.problems.append(f"Prometheus counts {res.prom_calls} calls / ${prom_usd}")
-    except KeyboardInterrupt:
-        res.problems.append("interrupted")
-    except RuntimeError as exc:
-        res.problems.append(str(exc))
-    finally:
-        if live is not None:
-            live.close()
-        kids.stop()
-        receiver.close()
-        started = [st.name for st in before if st.name not in was_up]
-        if not keep and started:
-            stack.down(s, started)
-            con.say(f"stopped what the demo started ({', '.join(started)}); --keep leaves it up")
 
-    fired = sum(1 for a in receiver.alerts if a.status == "firing")
-    con.say(
-        f"alerts delivered to the webhook: {len(receiver.alerts)} "
-        f"({fired} firing, {len(receiver.alerts) - fired} resolved)"
-    )
-    _next_steps(con, s, ds, run_id, keep or not started)
-    con.say("demo OK" if res.ok else "demo FAILED: " + "; ".join(res.problems))
-    return res
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
+        self.kids.stop()
+        self.receiver.close()
 
 
 def _show_request(
