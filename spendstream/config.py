@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     """Events dated further ahead of the worker's clock are dead-lettered (null: no check)."""
     worker_batch_records: int = Field(200, ge=1)
     """Raw records a worker takes per batch (each record holds up to 100 events)."""
+    stage2_batch_messages: int = Field(50, ge=1)
+    """Partials messages stage 2 takes per batch: applied in order, then one wait for their
+    outputs' acknowledgement and one changelog write per changed key per stage-2 partition."""
     worker_session_timeout_s: float = Field(10.0, ge=6, le=300)
     """How soon a worker that died without leaving (kill -9, lost host) is replaced."""
     tick_interval_s: float = Field(0.25, gt=0)

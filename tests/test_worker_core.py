@@ -264,6 +264,60 @@ async def test_a_revision_of_a_closed_minute_republishes_its_window() -> None:
     assert (fix["calls"], fix["revision"]) == (4, 1)
 
 
+@dataclass
+class Recorder:
+    """A stage-2 table that records the order of its changelog writes."""
+
+    inner: dict[str, Any]
+    order: list[str] = field(default_factory=list)
+
+    def get(self, key: str) -> Any:
+        return self.inner.get(key)
+
+    def keys(self) -> Any:
+        return self.inner.keys()
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self.order.append(key)
+        self.inner[key] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        self.order.append(key)
+        self.inner.pop(key, None)
+
+
+async def test_a_run_of_partials_messages_sends_and_commits_what_one_by_one_would() -> None:
+    minute = 29_000_000
+    bodies = [
+        partials_body(minute + i, {"calls": i + 1, "spend": 7 * i}, (minute + i + 2) * 60.0)
+        for i in range(3)
+    ]
+    one, _, _, one_table = make(allowed_lateness_s=0)
+    sent_one = []
+    for offset, body in enumerate(bodies):
+        out = await one.apply_partials(0, offset, body)
+        assert out is not None
+        sent_one += [(m.topic, m.key, m.value) for m in out.messages]
+        one.commit_partials(0, offset)
+
+    run, broker, _, table = make(allowed_lateness_s=0)
+    first = await run.apply_partials(0, 0, bodies[0])
+    assert first is not None
+    run.commit_partials(0, 0)
+    res = await run.apply_partials_run(0, [(1, bodies[1]), (2, bodies[2])])
+    assert res is not None and res.offset == 2 and broker.seeks == []  # no gap seen in the run
+    assert [(m.topic, m.key, m.value) for m in first.messages + res.messages] == sent_one
+    assert len([m for m in res.messages if m.topic == "windows"]) == 2
+    assert table["o|0"] == 0  # nothing of the run written before its outputs are delivered
+    rec = Recorder(table)
+    run.t2.table = rec
+    run.commit_partials(0, res.offset)
+    assert table == one_table and table["o|0"] == 2
+    assert len(rec.order) > 1 and rec.order[-1] == "o|0"  # the applied offset reaches it last
+    # the run again (a restart before Faust's commit): applied already, nothing sent
+    assert await run.apply_partials_run(0, list(enumerate(bodies))) is None
+
+
 def test_partials_round_trip_and_messages_stay_under_the_size_cap() -> None:
     from spendstream.stream.pipeline import Snapshot
 

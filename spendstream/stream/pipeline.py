@@ -365,6 +365,13 @@ class WriteBuffer(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def put_last(self, key: str, value: Any) -> None:
+        """Write ``key`` so that it reaches the changelog after every other pending write (the
+        changelog is written in write order: a crash part-way through a commit then never
+        leaves ``key`` — stage 2's applied offset — claiming writes that were lost)."""
+        self.pending.pop(key, None)
+        self.pending[key] = value
+
     def commit(self, partition: int) -> None:
         """Write the held-back values into stage-2 partition ``partition``'s changelog."""
         for key, value in self.pending.items():
