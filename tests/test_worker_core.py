@@ -318,6 +318,21 @@ async def test_a_run_of_partials_messages_sends_and_commits_what_one_by_one_woul
     assert await run.apply_partials_run(0, list(enumerate(bodies))) is None
 
 
+async def test_a_run_whose_outputs_were_not_sent_is_applied_again_after_abandoning_it() -> None:
+    minute = 29_000_000
+    bodies = [partials_body(minute + i, {"calls": 1}, (minute + i + 2) * 60.0) for i in range(2)]
+    core, _, _, table = make(allowed_lateness_s=0)
+    first = await core.apply_partials_run(0, list(enumerate(bodies)))
+    assert first is not None
+    core.abandon_partials()  # sending the outputs failed: the agent restarts in this process
+    assert "o|0" not in table
+    again = await core.apply_partials_run(0, list(enumerate(bodies)))
+    assert again is not None and again.offset == 1
+    assert [(m.topic, m.key, m.value) for m in again.messages] == [
+        (m.topic, m.key, m.value) for m in first.messages
+    ]
+
+
 def test_partials_round_trip_and_messages_stay_under_the_size_cap() -> None:
     from spendstream.stream.pipeline import Snapshot
 

@@ -116,8 +116,11 @@ def build_app(s: Settings) -> Any:
                 res = await core.apply_partials_run(q, messages)
                 if res is None:
                     continue
-                # outputs acknowledged by the broker before the state that implies them
-                await asyncio.gather(*[await send(m) for m in res.messages])
+                try:  # outputs acknowledged by the broker before the state that implies them
+                    await asyncio.gather(*[await send(m) for m in res.messages])
+                except BaseException:
+                    core.abandon_partials()
+                    raise
                 if res.windows:
                     await live.update(res.windows)
                 core.commit_partials(q, res.offset)

@@ -372,6 +372,10 @@ class WriteBuffer(MutableMapping[str, Any]):
         self.pending.pop(key, None)
         self.pending[key] = value
 
+    def rollback(self) -> None:
+        """Forget the held-back values (their outputs were not delivered)."""
+        self.pending.clear()
+
     def commit(self, partition: int) -> None:
         """Write the held-back values into stage-2 partition ``partition``'s changelog."""
         for key, value in self.pending.items():

@@ -409,6 +409,12 @@ class Worker:
                 run.offset = out.offset
         return run
 
+    def abandon_partials(self) -> None:
+        """Undo what was applied since the last commit, when its outputs could not be sent: the
+        agent is restarted in this process (Faust's supervisor) and is handed the messages
+        again; left pending, their applied offset would have them skipped as delivered."""
+        self.t2.rollback()
+
     def commit_partials(self, q: int, offset: int) -> None:
         """Write the state of an applied partials message (after its outputs are acked), the
         applied offset last."""
