@@ -227,6 +227,68 @@ async def test_acked_but_unapplied_records_are_re_read_once_the_state_stands_sti
     assert core.tick({0}).seeks == []
 
 
+def seeks_over(
+    core: Worker, clock: Clock, seconds: int, assigned: set[int]
+) -> list[tuple[float, int, int]]:
+    """Tick once a second for ``seconds``; the seeks with the (relative) second they came at."""
+    start, got = clock.t, []
+    for _ in range(seconds):
+        clock.t += 1
+        got += [(clock.t - start, p, o) for p, o in core.tick(assigned).seeks]
+    return got
+
+
+async def test_a_partition_whose_unapplied_records_stop_arriving_is_re_read_with_backoff() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends = {0: 9}  # records 1..8 exist; the fetcher keeps reporting them, none arrives
+    core.tick({0})
+    assert seeks_over(core, clock, 80, {0}) == [(10, 0, 1), (30, 0, 1), (70, 0, 1)]
+    assert core.counters.stall_rereads == 3
+
+
+async def test_records_that_keep_arriving_are_never_re_read_as_stalled() -> None:
+    core, broker, clock, _ = make()
+    broker.ends = {0: 1000}  # a long backlog, applied a record every 9 s
+    for offset in range(8):
+        await core.apply_batch([record(0, offset, line())])
+        assert seeks_over(core, clock, 9, {0}) == []
+    assert seeks_over(core, clock, 1, {0}) == [(1, 0, 8)]  # then none for 10 s: re-read
+    assert seeks_over(core, clock, 19, {0}) == []  # the next wait is 20 s
+    await core.apply_batch([record(0, 8, line())])
+    # an arrival resets the backoff: the next stall is re-read after 10 s again, not 20
+    assert seeks_over(core, clock, 40, {0}) == [(10, 0, 9), (30, 0, 9)]
+
+
+async def test_a_caught_up_partition_is_never_re_read() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends = {0: 1}
+    assert seeks_over(core, clock, 60, {0}) == []
+    broker.ends = {0: 2}  # a new record: waited for from now, not from the last arrival
+    assert seeks_over(core, clock, 9, {0}) == []
+    assert seeks_over(core, clock, 1, {0}) == [(1, 0, 1)]
+
+
+async def test_no_stall_re_read_while_the_fetcher_has_not_reported_the_partition_since() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends, broker.polled = {0: 9}, {0: clock.t + 3}  # its last report: 3 s after
+    assert seeks_over(core, clock, 60, {0}) == []  # backpressured or stopped: not a stall
+    broker.polled = {}  # it reports again
+    assert seeks_over(core, clock, 1, {0}) == [(1, 0, 1)]
+
+
+async def test_time_the_event_loop_stood_still_does_not_count_as_a_stall() -> None:
+    core, broker, clock, _ = make()
+    await core.apply_batch([record(0, 0, line())])
+    broker.ends = {0: 9}
+    core.tick({0})
+    clock.t += 30  # one step held the loop for 30 s: no record could have arrived
+    assert core.tick({0}).seeks == []
+    assert seeks_over(core, clock, 10, {0}) == [(10, 0, 1)]
+
+
 def partials_body(minute: int, agg: dict[str, Any], wm: float) -> bytes:
     from spendstream.stream.pipeline import Snapshot
 

@@ -58,6 +58,13 @@ PRUNE_EVERY_BATCHES = 200
 REREAD_AFTER_S = 2.0
 """How long a partition's applied state must stand still, with the group's committed offset
 past it, before its unapplied records are re-read."""
+STALL_REREAD_S = 10.0
+"""How long no record of a partition may reach stage 1, while the fetcher keeps reporting
+records past its next offset, before the partition is re-read (see ``Worker._stalled_at``).
+Ten ticks of a busy worker: records queued behind a backlog arrive within seconds
+(offsets.py)."""
+STALL_REREAD_MAX_S = 320.0
+"""The wait doubles after each stall re-read of a partition that brought nothing, up to this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,8 @@ class Counters:
     stale_ends: int = 0
     """Ticks on which a partition looked idle on an end offset the fetcher reported more than
     ``idle_timeout_s`` ago, and was kept busy."""
+    stall_rereads: int = 0
+    """Re-reads of a partition whose unapplied records stopped arriving (``_stalled_at``)."""
     batches: int = 0
     duplicates: int = 0
     """Events dropped from windows and metrics: their id was counted before (dedupe.py)."""
@@ -144,6 +153,15 @@ class PartialsOut:
     """Closed windows (the live-spend writer's input)."""
     offset: int = -1
     """The last partials offset applied: what :meth:`Worker.commit_partials` records."""
+
+
+@dataclass(slots=True)
+class _Arrivals:
+    """When a record of a raw partition last reached stage 1, and how long to wait for the
+    next one before re-reading it (doubling while re-reads bring nothing)."""
+
+    last: float
+    wait: float = STALL_REREAD_S
 
 
 @dataclass(slots=True)
@@ -186,8 +204,10 @@ class Worker:
         """Raw partition → records not yet applied (end offset − next offset)."""
         self._end_seen: dict[int, tuple[int, float]] = {}
         self._stalled: dict[int, tuple[int, float]] = {}
+        self._arrivals: dict[int, _Arrivals] = {}
         self._known: set[int] = set()
         self._last_resync = clock()
+        self._last_tick = clock()
         self._last_log = float("-inf")
 
     # --- stage 1 -----------------------------------------------------------------------------
@@ -211,6 +231,9 @@ class Worker:
         self.dedupe.flush()  # ids before the windows and watermark that imply them
         self.stage1.apply_batch(b.applied)
         self.dedupe.mark_synced(b.nxt)
+        now = self.clock()
+        for p in b.nxt:  # admitted or skipped: the fetcher hands this partition's records over
+            self._arrivals[p] = _Arrivals(now)
         self._after_batch(b)
         return b.out
 
@@ -273,6 +296,11 @@ class Worker:
         resync = now - self._last_resync >= self.s.resync_interval_s
         if resync:
             self._last_resync = now
+        if now - self._last_tick > STALL_REREAD_S / 2:
+            # the event loop stood still (a long step): nothing could arrive meanwhile
+            for seen in self._arrivals.values():
+                seen.last = now
+        self._last_tick = now
         by_q: dict[int, list[Snapshot]] = defaultdict(list)
         reports: dict[int, partials.Report] = {}
         for p in sorted(assigned):
@@ -282,14 +310,20 @@ class Worker:
             reports[p] = (self.stage1.watermark(p), self._idle(p, end, now))
             if end is not None:
                 self.lag[p] = max(0, end.offset - (self.stage1.next_offset(p) or 0))
+            if (o := self._stalled_at(p, end, now)) is not None:
+                out.seeks.append((p, o))
         for p in [p for p in self.lag if p not in assigned]:
             del self.lag[p]
+        for p in [p for p in self._arrivals if p not in assigned]:
+            del self._arrivals[p]
         self._known = set(assigned)
         self._log(now, reports)
         for q in range(self.s.stage2_partitions):
             for body in partials.encode(by_q.get(q, []), reports):
                 out.messages.append(Message("partials", None, body, partition=q))
-        out.seeks = [(p, o) for p in sorted(assigned) if (o := self._reread_at(p, now)) is not None]
+        out.seeks += [
+            (p, o) for p in sorted(assigned) if (o := self._reread_at(p, now)) is not None
+        ]
         return out
 
     def _snapshots(self, p: int, resync: bool) -> list[Snapshot]:
@@ -353,6 +387,41 @@ class Worker:
         )  # fmt: skip
         return nxt
 
+    def _stalled_at(self, p: int, end: EndOffset | None, now: float) -> int | None:
+        """Records past the applied state exist, the fetcher keeps reporting the partition,
+        and none of its records has reached stage 1 for ``wait`` seconds: re-read them.
+
+        Faust drops them otherwise. :meth:`OffsetGuard.admit` seeks while Faust's drain loop is
+        still handing over an already-fetched batch (the records it skips); ``Consumer.seek``
+        sets the partition's read offset to the seek target, the loop then sets it again to
+        each later record of that batch, and the re-fetched records are below it, so Faust
+        drops them without a word (``_drain_messages``, "DROPPED MESSAGE"). With nothing
+        produced after that batch no record reaches the guard to seek again: a joining worker
+        in test_scaleout got none of one partition's records for 5 minutes after such a seek
+        ("got offset 1890 while 1888 is next"), and every window stayed open.
+
+        A spurious re-read is safe: the records it brings again are before the next offset,
+        re-sent and never re-counted (sinks drop repeats by event id). The fetcher must have
+        reported the partition ``wait`` after the last arrival (not a fetcher backpressured
+        or stopped: its reports stand still), and the wait doubles after each re-read until a
+        record arrives, so a partition that ends in offsets without records (transaction
+        markers) is re-read a few times an hour, not every tick."""
+        nxt = self.stage1.next_offset(p)
+        seen = self._arrivals.get(p)
+        if seen is None or nxt is None or end is None or end.offset <= nxt:
+            self._arrivals[p] = _Arrivals(now)  # caught up (or unknown): wait from now
+            return None
+        if now - seen.last < seen.wait or end.at - seen.last < seen.wait:
+            return None
+        log.warning(
+            "%s[%d]: no record for %.0f s while the broker holds %d past next offset %d; "
+            "re-reading from %d",
+            self.s.topic_raw, p, now - seen.last, end.offset - nxt, nxt, nxt,
+        )  # fmt: skip
+        self._arrivals[p] = _Arrivals(now, min(seen.wait * 2, STALL_REREAD_MAX_S))
+        self.counters.stall_rereads += 1
+        return nxt
+
     def _log(self, now: float, reports: dict[int, partials.Report]) -> None:
         if now - self._last_log < 10:
             return
@@ -360,9 +429,9 @@ class Worker:
         c = self.counters
         log.info(
             "worker: records=%d events=%d dead=%d late_dropped=%d windows=%d alerts=%d "
-            "stale_ends=%d watermarks=%s",
+            "stale_ends=%d stall_rereads=%d watermarks=%s",
             c.records, c.events, c.dead, c.late_dropped, c.windows_closed, c.alerts,
-            c.stale_ends, reports,
+            c.stale_ends, c.stall_rereads, reports,
         )  # fmt: skip
 
     # --- stage 2 -----------------------------------------------------------------------------
