@@ -312,10 +312,9 @@ class Worker:
                 self.lag[p] = max(0, end.offset - (self.stage1.next_offset(p) or 0))
             if (o := self._stalled_at(p, end, now)) is not None:
                 out.seeks.append((p, o))
-        for p in [p for p in self.lag if p not in assigned]:
-            del self.lag[p]
-        for p in [p for p in self._arrivals if p not in assigned]:
-            del self._arrivals[p]
+        for by_p in (self.lag, self._arrivals):  # forget partitions no longer owned
+            for p in [p for p in by_p if p not in assigned]:
+                del by_p[p]
         self._known = set(assigned)
         self._log(now, reports)
         for q in range(self.s.stage2_partitions):
