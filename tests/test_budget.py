@@ -92,7 +92,9 @@ def test_concurrent_processes_cannot_overshoot_beyond_the_bound(
     g = new_guard(stack.redis_url, {"team:t": {"daily": "20"}})
     guard_factory.append(g)
     ns = g.prefix.split("{")[1].rstrip("}")
-    with mp.get_context("fork").Pool(4) as pool:
+    # spawn, not fork: a forked child that collects the parent's garbage librdkafka handles
+    # segfaults (bench/budget_overshoot did, exit -11, after the stack check's admin client)
+    with mp.get_context("spawn").Pool(4) as pool:
         got = pool.starmap(_spend, [(stack.redis_url, ns, "20", s, 8, 25) for s in range(4)])
     spent = sum(a for a, _ in got)
     overrun = sum(o for _, o in got)
@@ -117,7 +119,7 @@ def test_a_crashed_callers_reservation_expires(
     g = new_guard(stack.redis_url, {"team:t": {"daily": "1"}}, reservation_ttl_s=5.0)
     guard_factory.append(g)
     ns = g.prefix.split("{")[1].rstrip("}")
-    p = mp.get_context("fork").Process(target=_reserve_and_die, args=(stack.redis_url, ns))
+    p = mp.get_context("spawn").Process(target=_reserve_and_die, args=(stack.redis_url, ns))
     p.start()
     p.join(30)
     assert p.exitcode == 3
